@@ -1,0 +1,1 @@
+"""Shipped data: default rig configuration, trained model weights, sample data."""
