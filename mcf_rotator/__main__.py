@@ -1,0 +1,5 @@
+import sys
+
+from mcf_rotator.cli import main
+
+sys.exit(main())
