@@ -1,0 +1,162 @@
+"""GUI responsiveness while reconstructing on the simulated rig.
+
+Measures, with the real main window under X11 (starts its own Xvfb when no DISPLAY is set):
+  * live camera view rate (frames actually drawn per second) during RECONSTRUCTING,
+  * GUI-thread stalls: gaps between ticks of a 5 ms timer; each gap is attributed to napari's
+    own volume repaint when it overlaps a napari canvas draw or the coalesced volume upload.
+
+Target: view >= 25 fps and no stall > 250 ms apart from napari's repaint.
+
+    python benchmarks/bench_gui.py [--seconds 20] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def _ensure_display() -> subprocess.Popen | None:
+    if os.environ.get("DISPLAY") and os.environ.get("QT_QPA_PLATFORM", "xcb") == "xcb":
+        return None
+    xvfb = shutil.which("Xvfb")
+    if xvfb is None:
+        sys.exit("bench_gui: needs an X display or Xvfb (napari's 3D view needs GL)")
+    for n in range(90, 120):
+        if not Path(f"/tmp/.X11-unix/X{n}").exists():
+            break
+    proc = subprocess.Popen([xvfb, f":{n}", "-screen", "0", "1920x1080x24", "-nolisten", "tcp"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)
+    os.environ["DISPLAY"] = f":{n}"
+    os.environ.pop("QT_QPA_PLATFORM", None)
+    return proc
+
+
+class StallMonitor:
+    """Records GUI-thread gaps: a 5 ms PreciseTimer should tick every ~5 ms when the loop is free."""
+
+    def __init__(self, interval_ms: int = 5) -> None:
+        from qtpy.QtCore import Qt, QTimer
+
+        self.ticks: list[float] = []
+        self.timer = QTimer()
+        self.timer.setTimerType(Qt.TimerType.PreciseTimer)
+        self.timer.setInterval(interval_ms)
+        self.timer.timeout.connect(lambda: self.ticks.append(time.perf_counter()))
+
+    def gaps(self) -> list[tuple[float, float]]:
+        return [(a, b) for a, b in zip(self.ticks, self.ticks[1:])]
+
+
+def _overlaps(gap: tuple[float, float], intervals: list[tuple[float, float]]) -> bool:
+    a, b = gap
+    return any(s < b and e > a for s, e in intervals)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=20.0, help="measurement time while reconstructing")
+    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--screenshot", type=Path, default=None, help="save the main window here at the end")
+    args = ap.parse_args(argv)
+    xvfb = _ensure_display()
+    os.environ.setdefault("MCF_ROTATOR_SETTINGS", str(Path(tempfile.mkdtemp()) / "gui_settings.json"))
+    try:
+        from qtpy.QtWidgets import QApplication
+
+        from mcf_rotator.gui.app import _ensure_app, create_main_window
+        from mcf_rotator.gui.main_window import state_name
+
+        app = _ensure_app()
+        win = create_main_window(simulate=True)
+        win.show()
+        draws: list[tuple[float, float]] = []
+        start: list[float] = []
+        try:  # napari's canvas (private attribute: benchmark only)
+            ev = win.volume_view.qt_viewer.canvas._scene_canvas.events.draw
+            ev.connect(lambda _e: start.append(time.perf_counter()), position="first")
+            ev.connect(lambda _e: draws.append((start[-1], time.perf_counter())), position="last")
+        except Exception as exc:  # noqa: BLE001
+            print(f"(napari draw timing unavailable: {exc})")
+
+        def pump(seconds: float, until=None) -> bool:
+            end = time.perf_counter() + seconds
+            while time.perf_counter() < end:
+                app.processEvents()
+                time.sleep(0.002)
+                if until is not None and until():
+                    return True
+            return until is None
+
+        def state() -> str:
+            return state_name(win.controller.state)
+
+        pump(2.0)
+        win.buttons["trap"].click()
+        if not pump(60, lambda: state() == "TRAPPING" and win.buttons["rotate"].isEnabled()):
+            print(f"trap did not reach TRAPPING (state {state()})")
+        win.buttons["rotate"].click()
+        pump(30, lambda: state() == "ROTATING")
+        pump(1.0)
+        win.buttons["reconstruct"].click()
+        if not pump(60, lambda: state() == "RECONSTRUCTING"):
+            print(f"reconstruct did not start (state {state()})")
+        mon = StallMonitor()
+        mon.timer.start()
+        c0 = win.live_view.meter.count
+        cam0 = win.controller.stats()
+        t0 = time.perf_counter()
+        pump(args.seconds)
+        t1 = time.perf_counter()
+        mon.timer.stop()
+        drawn = win.live_view.meter.count - c0
+        view_fps = drawn / (t1 - t0)
+        gaps = mon.gaps()
+        napari_iv = draws + win.volume_view.refresh_intervals
+        other = [b - a for a, b in gaps if not _overlaps((a, b), napari_iv)]
+        napari = [b - a for a, b in gaps if _overlaps((a, b), napari_iv)]
+        draw_ms = [1000 * (e - s) for s, e in draws if s >= t0]
+        st = win.controller.stats()
+        get = st.get if hasattr(st, "get") else (lambda k, d=None: getattr(st, k, d))
+        result = {
+            "seconds": round(t1 - t0, 2),
+            "state_at_end": state(),
+            "live_view_fps": round(view_fps, 1),
+            "camera_fps": round(float(get("fps", 0.0) or 0.0), 1),
+            "dropped_frames": int(get("dropped", 0) or 0),
+            "max_stall_ms_excluding_napari": round(1000 * max(other, default=0.0), 1),
+            "p99_stall_ms_excluding_napari": round(1000 * sorted(other)[int(0.99 * (len(other) - 1))], 1) if other else 0.0,
+            "max_stall_ms_napari_repaint": round(1000 * max(napari, default=0.0), 1),
+            "napari_draws": len(draw_ms),
+            "napari_draw_ms_median": round(sorted(draw_ms)[len(draw_ms) // 2], 1) if draw_ms else None,
+            "volume_refreshes": win.volume_view.refresh_count,
+            "volume_version": win.volume_view.shown_version,
+            "errors_shown": win.error_count,
+            "targets_met": view_fps >= 25 and max(other, default=0.0) <= 0.25,
+            "platform": QApplication.platformName(),
+        }
+        _ = cam0
+        if args.screenshot:
+            win.grab().save(str(args.screenshot))
+        win.close()
+        app.processEvents()
+        print(json.dumps(result, indent=2))
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=2))
+        return 0 if result["targets_met"] else 1
+    finally:
+        if xvfb is not None:
+            xvfb.terminate()
+            xvfb.wait(5)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

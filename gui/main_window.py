@@ -1,0 +1,540 @@
+"""The operator's main window: live view, controls, plots, napari volume, log and status.
+
+The window holds no rig logic: buttons call the controller's commands, timers pull its
+newest frame/result/snapshot/statistics, and its low-rate events arrive through a
+:class:`~mcf_rotator.gui.bridge.ControllerBridge` (queued into the GUI thread). Any exception
+raised by a command is shown in the status bar and the log panel; the app never dies of it.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable
+
+from qtpy.QtCore import QObject, Qt, QTimer, Signal
+from qtpy.QtGui import QAction, QFont, QKeySequence
+from qtpy.QtWidgets import (
+    QComboBox,
+    QDockWidget,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QMainWindow,
+    QPushButton,
+    QSplitter,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from mcf_rotator.gui import exporting
+from mcf_rotator.gui.bridge import ControllerBridge
+from mcf_rotator.gui.live_view import LiveView, SmallImageView
+from mcf_rotator.gui.log_panel import LogPanel
+from mcf_rotator.gui.plots import AnglePlot
+from mcf_rotator.gui.user_settings import UserSettings
+from mcf_rotator.gui.volume_view import VolumeView
+
+log = logging.getLogger("mcf_rotator.gui")
+
+#: which command buttons are enabled in which controller state (by RigState name)
+ENABLED_IN: dict[str, set[str]] = {
+    "trap": {"IDLE"},
+    "rotate": {"TRAPPING"},
+    "reconstruct": {"ROTATING"},
+    "stop": {"TRAPPING", "ROTATING", "RECONSTRUCTING", "FINISHING"},
+    "reset": {"ERROR"},
+}
+
+STATE_COLOURS = {
+    "IDLE": "#d0d0d0",
+    "TRAPPING": "#9fd3ff",
+    "ROTATING": "#b9f0b0",
+    "RECONSTRUCTING": "#ffe28a",
+    "FINISHING": "#ffc680",
+    "ERROR": "#ff8080",
+}
+
+
+class _CommandRelay(QObject):
+    """Carries a command's failure from the command thread to the GUI thread."""
+
+    failed = Signal(str, str)  # command name, message
+
+
+def state_name(state: Any) -> str:
+    """RigState enum member -> 'IDLE' etc. (also accepts plain strings)."""
+    name = getattr(state, "name", None)
+    return str(name if name is not None else state).upper().split(".")[-1]
+
+
+def stat(get: Callable[..., Any], *keys: str) -> float:
+    """First present numeric statistic among ``keys`` (controller versions name them differently)."""
+    for k in keys:
+        v = get(k, None)
+        if v is not None:
+            try:
+                return float(v)
+            except (TypeError, ValueError):
+                continue
+    return 0.0
+
+
+class MainWindow(QMainWindow):
+    """Everything the operator needs for one rig controller."""
+
+    def __init__(
+        self,
+        controller: Any,
+        settings: UserSettings | None = None,
+        simulated: bool | None = None,
+        owns_controller: bool = True,
+        start_timers: bool = True,
+    ) -> None:
+        super().__init__()
+        self.controller = controller
+        self.settings = settings or UserSettings()
+        self.owns_controller = owns_controller
+        self._closed = False
+        self.error_count = 0
+        self.wizard: Any = None
+        cfg = getattr(controller, "config", None)
+        if simulated is None:
+            simulated = bool(getattr(cfg, "is_simulated", False))
+        self.simulated = simulated
+        self.setWindowTitle(f"mcf-rotator - {getattr(cfg, 'name', 'rig')}" + (" [SIMULATED]" if simulated else ""))
+        self.setObjectName("mcfRotatorMainWindow")
+
+        self.bridge = ControllerBridge(controller, self)
+        # commands may block (devices connect, models load): run them off the GUI thread, in order
+        self._commands = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gui-command")
+        self._command_relay = _CommandRelay(self)
+        self._command_relay.failed.connect(lambda name, text: self.show_error(f"{name} failed: {text}"))
+        self._last_error_text: str | None = None
+        self._build_ui()
+        self._build_menus()
+        self._build_status_bar()
+        self.bridge.state_changed.connect(self._on_state_changed)
+        self.bridge.message.connect(self._on_message)
+        self.bridge.error.connect(self._on_error)
+        self.bridge.volume_updated.connect(self.volume_view.mark_dirty)
+        self.bridge.finished.connect(self._on_finished)
+
+        self.status_timer = QTimer(self)
+        self.status_timer.setInterval(250)
+        self.status_timer.timeout.connect(self.refresh_status)
+        self._on_state_changed(None, self._current_state())
+        if start_timers:
+            self.start_timers()
+
+    # ------------------------------------------------------------------ layout
+    def _build_ui(self) -> None:
+        c = self.controller
+        central = QWidget(self)
+        outer = QVBoxLayout(central)
+        outer.setContentsMargins(4, 4, 4, 4)
+        self.banner = QLabel(
+            "SIMULATED RIG - no hardware is driven; images come from the simulated microscope", central
+        )
+        self.banner.setObjectName("simulatedBanner")
+        self.banner.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.banner.setStyleSheet("background:#ffcc00; color:#000; font-weight:bold; padding:4px;")
+        self.banner.setVisible(self.simulated)
+        outer.addWidget(self.banner)
+
+        self.drift_bar = QWidget(central)
+        db = QHBoxLayout(self.drift_bar)
+        db.setContentsMargins(4, 2, 4, 2)
+        self.drift_label = QLabel("", self.drift_bar)
+        self.drift_button = QPushButton("Open calibration wizard", self.drift_bar)
+        self.drift_button.clicked.connect(self.open_calibration_wizard)
+        db.addWidget(self.drift_label, 1)
+        db.addWidget(self.drift_button)
+        self.drift_bar.setStyleSheet("background:#ffd0d0;")
+        self.drift_bar.setVisible(False)
+        outer.addWidget(self.drift_bar)
+
+        split = QSplitter(Qt.Orientation.Horizontal, central)
+        outer.addWidget(split, 1)
+
+        # left: camera + SLM/beam
+        left = QSplitter(Qt.Orientation.Vertical, split)
+        self.live_view = LiveView(c, left, fps=self.settings.live_fps)
+        left.addWidget(self.live_view)
+        self.side_tabs = QTabWidget(left)
+        self.slm_view = SmallImageView(lambda: c.slm_image(), self.side_tabs, hz=5.0, levels=(0, 255))
+        self.side_tabs.addTab(self.slm_view, "SLM pattern")
+        self.beam_view = SmallImageView(lambda: c.beam_image(), self.side_tabs, hz=5.0, colormap="inferno")
+        self.side_tabs.addTab(self.beam_view, "Beam (far field)" + (" - simulated" if self.simulated else ""))
+        left.addWidget(self.side_tabs)
+        left.setStretchFactor(0, 3)
+        left.setStretchFactor(1, 1)
+        split.addWidget(left)
+
+        # middle: napari volume + slices
+        self.volume_view = VolumeView(c, split, refresh_hz=self.settings.volume_refresh_hz)
+        split.addWidget(self.volume_view)
+
+        # right: controls + plot
+        right = QWidget(split)
+        rl = QVBoxLayout(right)
+        rl.setContentsMargins(0, 0, 0, 0)
+        rl.addWidget(self._build_controls(right))
+        self.angle_plot = AnglePlot(c, right)
+        rl.addWidget(self.angle_plot, 1)
+        split.addWidget(right)
+        split.setStretchFactor(0, 3)
+        split.setStretchFactor(1, 3)
+        split.setStretchFactor(2, 2)
+        self.setCentralWidget(central)
+
+        self.log_panel = LogPanel(self)
+        dock = QDockWidget("Log", self)
+        dock.setObjectName("logDock")
+        dock.setWidget(self.log_panel)
+        dock.setFeatures(QDockWidget.DockWidgetFeature.DockWidgetMovable | QDockWidget.DockWidgetFeature.DockWidgetFloatable)
+        self.addDockWidget(Qt.DockWidgetArea.BottomDockWidgetArea, dock)
+        self.resize(1600, 950)
+
+    def _build_controls(self, parent: QWidget) -> QGroupBox:
+        box = QGroupBox("Rig", parent)
+        grid = QGridLayout(box)
+        self.state_label = QLabel("IDLE", box)
+        self.state_label.setObjectName("stateLabel")
+        self.state_label.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        f = QFont()
+        f.setPointSize(14)
+        f.setBold(True)
+        self.state_label.setFont(f)
+        grid.addWidget(self.state_label, 0, 0, 1, 2)
+        big = QFont()
+        big.setPointSize(13)
+        big.setBold(True)
+        self.buttons: dict[str, QPushButton] = {}
+        specs: list[tuple[str, str, Callable[[], Any], str]] = [
+            ("trap", "Trap", lambda: self.controller.trap(), "Ctrl+1"),
+            ("rotate", "Rotate", lambda: self.controller.rotate(), "Ctrl+2"),
+            ("reconstruct", "Reconstruct", lambda: self.controller.reconstruct(), "Ctrl+3"),
+            ("stop", "Stop", lambda: self.controller.stop(), "Esc"),
+        ]
+        for i, (key, text, fn, shortcut) in enumerate(specs):
+            b = QPushButton(text, box)
+            b.setObjectName(f"{key}Button")
+            b.setFont(big)
+            b.setMinimumHeight(48)
+            b.setShortcut(QKeySequence(shortcut))
+            b.setToolTip(f"{text} ({shortcut})")
+            b.clicked.connect(lambda _=False, k=key, f=fn: self.run_command(k, f))
+            self.buttons[key] = b
+            grid.addWidget(b, 1 + i // 2, i % 2)
+        self.buttons["stop"].setStyleSheet("QPushButton:enabled { background:#e04040; color:white; }")
+        self.pause_button = QPushButton("Pause", box)
+        self.pause_button.setCheckable(True)
+        self.pause_button.toggled.connect(self._on_pause_toggled)
+        self.buttons["reset"] = QPushButton("Reset after error", box)
+        self.buttons["reset"].clicked.connect(lambda: self.run_command("reset", self.controller.reset))
+        grid.addWidget(self.pause_button, 3, 0)
+        grid.addWidget(self.buttons["reset"], 3, 1)
+
+        form = QFormLayout()
+        rot = getattr(getattr(self.controller, "config", None), "rotation", None)
+        self.rate_spin = QDoubleSpinBox(box)
+        self.rate_spin.setRange(0.5, 3600.0)
+        self.rate_spin.setDecimals(1)
+        self.rate_spin.setSuffix(" deg/s")
+        self.rate_spin.setValue(float(self.settings.rotation_rate_deg_s or getattr(rot, "rate_deg_s", 30.0)))
+        self.direction_combo = QComboBox(box)
+        self.direction_combo.addItem("clockwise (+)", 1)
+        self.direction_combo.addItem("counter-clockwise (-)", -1)
+        direction = self.settings.rotation_direction or getattr(rot, "direction", 1)
+        self.direction_combo.setCurrentIndex(0 if direction == 1 else 1)
+        self.rate_spin.editingFinished.connect(self.apply_rotation)
+        self.direction_combo.currentIndexChanged.connect(lambda _i: self.apply_rotation())
+        form.addRow("Rotation rate", self.rate_spin)
+        form.addRow("Direction", self.direction_combo)
+        grid.addLayout(form, 4, 0, 1, 2)
+        return box
+
+    def _build_menus(self) -> None:
+        mb = self.menuBar()
+        fm = mb.addMenu("&File")
+        self.action_save_volume = self._action(fm, "Save &volume (TIFF)...", self.save_volume_dialog, "Ctrl+S")
+        self.action_save_angles = self._action(fm, "Save &angles (CSV)...", self.save_angles_dialog)
+        self.action_save_recording = self._action(fm, "Save &recording...", self.save_recording_dialog)
+        fm.addSeparator()
+        self._action(fm, "&Quit", self.close, "Ctrl+Q")
+        rm = mb.addMenu("&Rig")
+        self._action(rm, "Run &all (trap, rotate, reconstruct)", lambda: self.run_command("run_all", self.controller.run_all))
+        self.action_settings = self._action(rm, "Hardware && &settings...", self.open_settings_dialog)
+        rm.addSeparator()
+        cm = mb.addMenu("&Calibration")
+        self.action_wizard = self._action(cm, "Calibration &wizard...", self.open_calibration_wizard)
+        self.action_drift = self._action(cm, "Check fibre &drift", self.check_drift)
+        hm = mb.addMenu("&Help")
+        self._action(hm, "&About", self._about)
+
+    def _action(self, menu: Any, text: str, slot: Callable[[], Any], shortcut: str | None = None) -> QAction:
+        a = QAction(text, self)
+        if shortcut:
+            a.setShortcut(QKeySequence(shortcut))
+        a.triggered.connect(lambda _=False: slot())
+        menu.addAction(a)
+        return a
+
+    def _build_status_bar(self) -> None:
+        sb = self.statusBar()
+        self.status_state = QLabel("IDLE")
+        self.status_fps = QLabel("view 0 fps")
+        self.status_dropped = QLabel("dropped 0")
+        self.status_queue = QLabel("queue 0")
+        self.status_recorded = QLabel("recorded 0")
+        for w in (self.status_state, self.status_fps, self.status_dropped, self.status_queue, self.status_recorded):
+            w.setContentsMargins(6, 0, 6, 0)
+            sb.addPermanentWidget(w)
+
+    # ------------------------------------------------------------------ timers
+    def start_timers(self) -> None:
+        self.live_view.start()
+        self.slm_view.start()
+        self.beam_view.start()
+        self.angle_plot.start()
+        self.volume_view.start()
+        self.status_timer.start()
+
+    def stop_timers(self) -> None:
+        for t in (self.live_view, self.slm_view, self.beam_view, self.angle_plot, self.volume_view):
+            t.stop()
+        self.status_timer.stop()
+
+    def refresh_status(self) -> None:
+        try:
+            st = self.controller.stats()
+            get = st.get if hasattr(st, "get") else (lambda k, d=None: getattr(st, k, d))
+        except Exception as exc:
+            log.debug("stats unavailable: %s", exc)
+            return
+        cam_fps = stat(get, "camera_fps", "fps")
+        self.status_fps.setText(f"camera {cam_fps:.1f} fps | view {self.live_view.fps:.1f} fps")
+        self.status_dropped.setText(f"dropped {int(stat(get, 'dropped_frames', 'dropped'))}")
+        self.status_queue.setText(f"queue {int(stat(get, 'queue_depth'))}")
+        self.status_recorded.setText(f"recorded {int(stat(get, 'recorded_frames', 'recorded'))}")
+
+    # ------------------------------------------------------------------ commands
+    def run_command(self, name: str, fn: Callable[[], Any], wait: bool = False) -> bool:
+        """Queue a controller command on the command thread; failures are shown, never raised.
+
+        The controller reports its own failures (error event); a command exception is shown
+        only when the controller did not already report it (e.g. an invalid transition).
+        """
+        relay = self._command_relay
+        controller = self.controller
+
+        def call() -> bool:
+            try:
+                fn()
+            except Exception as exc:  # shown to the operator
+                reported = state_name(getattr(controller, "state", "")) == "ERROR" and getattr(controller, "last_error", None)
+                if not reported:
+                    try:
+                        relay.failed.emit(name, str(exc) or type(exc).__name__)
+                    except RuntimeError:  # window already gone
+                        pass
+                return False
+            return True
+
+        if wait:
+            return call()
+        try:
+            self._commands.submit(call)
+        except RuntimeError:  # executor shut down (window closing)
+            return call()
+        return True
+
+    def apply_rotation(self) -> None:
+        rate = float(self.rate_spin.value())
+        direction = int(self.direction_combo.currentData())
+        self.settings.rotation_rate_deg_s = rate
+        self.settings.rotation_direction = direction
+        self.run_command("set rotation", lambda: self.controller.set_rotation(rate, direction))
+
+    def _on_pause_toggled(self, paused: bool) -> None:
+        self.pause_button.setText("Resume" if paused else "Pause")
+        self.run_command("pause" if paused else "resume", self.controller.pause if paused else self.controller.resume)
+
+    # ------------------------------------------------------------------ events
+    def _current_state(self) -> Any:
+        return getattr(self.controller, "state", "IDLE")
+
+    def _on_state_changed(self, old: Any, new: Any) -> None:
+        name = state_name(new)
+        self.state_label.setText(name)
+        self.state_label.setStyleSheet(f"background:{STATE_COLOURS.get(name, '#d0d0d0')}; padding:6px;")
+        self.status_state.setText(f"state: {name}")
+        for key, states in ENABLED_IN.items():
+            self.buttons[key].setEnabled(name in states)
+        self.pause_button.setEnabled(name in {"ROTATING", "RECONSTRUCTING"})
+        if name not in {"ROTATING", "RECONSTRUCTING"} and self.pause_button.isChecked():
+            self.pause_button.blockSignals(True)
+            self.pause_button.setChecked(False)
+            self.pause_button.setText("Pause")
+            self.pause_button.blockSignals(False)
+        if old is not None:
+            self.log_panel.append("INFO", f"state {state_name(old)} -> {name}")
+
+    def _on_message(self, level: str, text: str) -> None:
+        if level.upper() == "ERROR" and text == self._last_error_text:
+            return  # the controller sends errors both as error and as message
+        self.log_panel.append(level, text)
+        if level.upper() in ("WARNING", "ERROR", "CRITICAL"):
+            self.statusBar().showMessage(text, 10000)
+
+    def _on_error(self, text: str) -> None:
+        self.show_error(text)
+
+    def show_error(self, text: str) -> None:
+        """Status bar (red) + log panel; never a modal box that would stall the rig."""
+        self.error_count += 1
+        self._last_error_text = text
+        self.log_panel.append("ERROR", text)
+        self.statusBar().setStyleSheet("QStatusBar { color: #c00000; }")
+        self.statusBar().showMessage(f"Error: {text}", 20000)
+        QTimer.singleShot(20000, lambda: self.statusBar().setStyleSheet(""))
+
+    def _on_finished(self, result: Any) -> None:
+        self.volume_view.refresh(force=True)
+        self.log_panel.append("INFO", "reconstruction finished; use File > Save to export")
+        self.statusBar().showMessage("Reconstruction finished", 10000)
+
+    # ------------------------------------------------------------------ saving
+    def _output_dir(self) -> str:
+        d = self.settings.output_dir or str(getattr(getattr(self.controller.config, "paths", None), "output_dir", "."))
+        return d
+
+    def save_volume(self, path: str | Path) -> bool:
+        try:
+            exporting.save_volume(self.controller, Path(path))
+        except Exception as exc:
+            self.show_error(f"saving the volume failed: {exc}")
+            return False
+        self.log_panel.append("INFO", f"volume saved to {path}")
+        return True
+
+    def save_angles(self, path: str | Path) -> bool:
+        try:
+            exporting.save_angles(self.controller, Path(path))
+        except Exception as exc:
+            self.show_error(f"saving the angles failed: {exc}")
+            return False
+        self.log_panel.append("INFO", f"angles saved to {path}")
+        return True
+
+    def save_recording(self, path: str | Path) -> bool:
+        try:
+            out = exporting.save_recording(self.controller, Path(path))
+        except Exception as exc:
+            self.show_error(f"saving the recording failed: {exc}")
+            return False
+        self.log_panel.append("INFO", f"recording saved to {out}")
+        return True
+
+    def save_volume_dialog(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save volume", str(Path(self._output_dir()) / "volume.tif"), "TIFF (*.tif *.tiff)")
+        if path:
+            self.save_volume(path)
+
+    def save_angles_dialog(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save angles", str(Path(self._output_dir()) / "angles.csv"), "CSV (*.csv)")
+        if path:
+            self.save_angles(path)
+
+    def save_recording_dialog(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save recording", str(Path(self._output_dir()) / "recording.ome.tif"), "OME-TIFF (*.ome.tif);;OME-Zarr (*.ome.zarr)")
+        if path:
+            self.save_recording(path)
+
+    # ------------------------------------------------------------------ dialogs
+    def open_settings_dialog(self) -> None:
+        from mcf_rotator.gui.settings_dialog import SettingsDialog
+
+        dlg = SettingsDialog(self.settings, self)
+        dlg.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dlg.accepted.connect(lambda: self._settings_accepted(dlg))
+        dlg.open()
+        self.settings_dialog = dlg
+
+    def _settings_accepted(self, dlg: Any) -> None:
+        self.settings = dlg.result_settings()
+        self.settings.save()
+        self.live_view.set_fps(self.settings.live_fps)
+        self.volume_view.set_refresh_hz(self.settings.volume_refresh_hz)
+        self.log_panel.append("INFO", "settings saved; hardware changes apply at the next start")
+
+    def open_calibration_wizard(self) -> Any:
+        """Open the calibration wizard (non-modal); errors building it go to the log."""
+        from mcf_rotator.gui.wizard import CalibrationWizardDialog, make_calibration_steps
+
+        if self.wizard is not None and self.wizard.isVisible():
+            self.wizard.raise_()
+            return self.wizard
+        try:
+            steps = make_calibration_steps(self.controller)
+        except Exception as exc:
+            self.show_error(f"calibration wizard unavailable: {exc}")
+            return None
+        self.wizard = CalibrationWizardDialog(steps, self)
+        self.wizard.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        self.wizard.destroyed.connect(lambda *_: setattr(self, "wizard", None))
+        self.wizard.finished.connect(lambda _r: self.drift_bar.setVisible(False) if self.wizard and self.wizard.saved else None)
+        self.wizard.show()
+        return self.wizard
+
+    def check_drift(self) -> Any:
+        """Run the drift check; a failure suggests the wizard ("fibre re-bent?")."""
+        from mcf_rotator.gui.wizard import drift_ok, make_calibration_steps
+
+        try:
+            steps = make_calibration_steps(self.controller)
+            report = steps.drift_check()
+        except Exception as exc:
+            self.show_error(f"drift check failed to run: {exc}")
+            return None
+        ok, text = drift_ok(report)
+        if ok:
+            self.drift_bar.setVisible(False)
+            self.log_panel.append("INFO", f"drift check passed: {text}")
+        else:
+            self.drift_label.setText(f"Drift check failed ({text}) - fibre re-bent? Recalibrate the per-core phases.")
+            self.drift_bar.setVisible(True)
+            self.log_panel.append("WARNING", f"drift check failed: {text}")
+        return report
+
+    def _about(self) -> None:
+        from mcf_rotator import __version__
+
+        self.statusBar().showMessage(f"mcf-rotator {__version__}: optical projection tomography on a multi-core-fibre cell rotator", 10000)
+
+    # ------------------------------------------------------------------ closing
+    def closeEvent(self, event) -> None:  # noqa: N802
+        """Stop devices cleanly (the recording is kept by the controller), then release widgets."""
+        if not self._closed:
+            self._closed = True
+            self.stop_timers()
+            self._commands.shutdown(wait=True, cancel_futures=True)
+            name = state_name(self._current_state())
+            if name not in ("IDLE", "ERROR"):
+                self.run_command("stop", self.controller.stop, wait=True)
+            self.bridge.disconnect_all()
+            if self.owns_controller:
+                self.run_command("shutdown", self.controller.shutdown, wait=True)
+            if self.wizard is not None:
+                self.wizard.close()
+            self.volume_view.close_viewer()
+            self.log_panel.detach()
+            self.settings.save()
+        super().closeEvent(event)

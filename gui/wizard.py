@@ -1,0 +1,275 @@
+"""Calibration wizard (QWizard) rendering the non-Qt calibration steps.
+
+``calibration.wizard.CalibrationWizard`` does the work as ordered plain methods returning
+data; this module only shows that data: the captured off-axis hologram, its Fourier plane
+with the detected carrier, the retrieved per-core phases, the residual after applying, and
+the saved record. Each step runs in a worker thread so the GUI (and the live view) never
+freezes; its result comes back through a queued Qt signal.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import pyqtgraph as pg
+from qtpy.QtCore import QObject, Qt, Signal
+from qtpy.QtWidgets import QLabel, QPushButton, QVBoxLayout, QWizard, QWizardPage, QWidget
+
+log = logging.getLogger("mcf_rotator.gui.wizard")
+
+#: (page id, title, explanation, candidate method names on the steps object)
+STEPS: list[tuple[str, str, str, tuple[str, ...]]] = [
+    ("mode", "Calibration mode",
+     "The trap is switched off, the SLM shows a flat phase and the calibration camera images the "
+     "fibre facet against the tilted reference beam.",
+     ("enter_calibration_mode", "switch_to_calibration_mode", "start", "begin")),
+    ("hologram", "Capture hologram",
+     "Off-axis hologram of the multi-core fibre facet: fringes inside each core encode its phase.",
+     ("capture_hologram", "capture")),
+    ("fourier", "Fourier plane",
+     "Spectrum of the hologram; the cross mark is the detected carrier (side band) that is "
+     "filtered and shifted to the centre.",
+     ("fourier_plane", "detect_carrier", "fourier")),
+    ("phases", "Per-core phase map",
+     "Phase retrieved inside every core; the correction is its negative.",
+     ("retrieve_phases", "phase_map", "retrieve")),
+    ("apply", "Apply correction",
+     "The per-core correction is added to every hologram sent to the SLM.",
+     ("apply", "apply_correction")),
+    ("verify", "Verify",
+     "A second hologram with the correction applied: the residual per-core phase should be small.",
+     ("verify", "verify_residual")),
+    ("save", "Save",
+     "The calibration record (per-core correction, carrier, fit quality, residual) is saved and "
+     "becomes the active calibration.",
+     ("save", "save_record")),
+]
+
+
+def make_calibration_steps(controller: Any) -> Any:
+    """The steps object for this rig: the controller's, or one built from its rig."""
+    for name in ("calibration_wizard", "make_calibration_wizard", "calibration_steps"):
+        fn = getattr(controller, name, None)
+        if callable(fn):
+            return fn()
+    from mcf_rotator.calibration.wizard import CalibrationWizard  # noqa: WPS433
+
+    rig = getattr(controller, "rig", None)
+    if rig is None:
+        raise RuntimeError("the controller has no rig to calibrate")
+    cam = getattr(rig, "calibration_camera", None) or getattr(rig, "camera", None)
+    world = getattr(rig, "world", None)
+    geometry = getattr(rig, "geometry", None) or getattr(world, "geometry", None)
+    mapping = getattr(rig, "mapping", None) or getattr(world, "mapping", None)
+    return CalibrationWizard(rig.slm, cam, geometry, mapping)
+
+
+def drift_ok(report: Any) -> tuple[bool, str]:
+    """Interpret a drift_check() result (bool, dict or object) as (ok, short text)."""
+    if isinstance(report, bool):
+        return report, "ok" if report else "phase drift above tolerance"
+    get = report.get if isinstance(report, dict) else (lambda k, d=None: getattr(report, k, d))
+    ok = get("ok", None)
+    if ok is None:
+        ok = get("passed", None)
+    if ok is None and get("needs_calibration", None) is not None:
+        ok = not get("needs_calibration")
+    residual = get("residual_rad", None)
+    if residual is None:
+        residual = get("rms_rad", None)
+    text = f"residual {float(residual):.2f} rad rms" if residual is not None else "see log"
+    return bool(ok), text
+
+
+def _first_image(data: Any, keys: tuple[str, ...]) -> np.ndarray | None:
+    if isinstance(data, np.ndarray) and data.ndim == 2:
+        return data
+    for k in keys:
+        v = data.get(k) if isinstance(data, dict) else getattr(data, k, None)
+        if isinstance(v, np.ndarray) and v.ndim == 2:
+            return v
+        if v is not None and hasattr(v, "image") and isinstance(getattr(v, "image"), np.ndarray):
+            return v.image
+    return None
+
+
+def _summary(data: Any) -> str:
+    """Scalars and short tuples of a step result, one per line."""
+    if data is None:
+        return "done"
+    if isinstance(data, (bool, int, float, str)):
+        return str(data)
+    items = data.items() if isinstance(data, dict) else (
+        (k, getattr(data, k)) for k in dir(data) if not k.startswith("_") and not callable(getattr(data, k, None))
+    )
+    lines = []
+    for k, v in items:
+        if isinstance(v, (bool, int, str)) or v is None:
+            lines.append(f"{k}: {v}")
+        elif isinstance(v, float):
+            lines.append(f"{k}: {v:.4g}")
+        elif isinstance(v, tuple) and len(v) <= 4 and all(isinstance(x, (int, float)) for x in v):
+            lines.append(f"{k}: ({', '.join(f'{x:.4g}' for x in v)})")
+        elif isinstance(v, np.ndarray) and v.ndim == 1 and v.size <= 4:
+            lines.append(f"{k}: {np.array2string(v, precision=3)}")
+    return "\n".join(lines[:12]) or "done"
+
+
+IMAGE_KEYS: dict[str, tuple[str, ...]] = {
+    "hologram": ("image", "hologram", "frame"),
+    "fourier": ("log_spectrum", "spectrum", "fourier", "image", "magnitude"),
+    "phases": ("phase_map", "phase_image", "image", "correction_map"),
+    "verify": ("residual_map", "phase_map", "image"),
+}
+
+
+class _Relay(QObject):
+    done = Signal(str, object, object)  # page id, result, exception
+
+
+class StepPage(QWizardPage):
+    """One calibration step: runs its method when entered, shows the returned data."""
+
+    def __init__(self, key: str, title: str, text: str, wizard: "CalibrationWizardDialog") -> None:
+        super().__init__()
+        self.key = key
+        self.dialog = wizard
+        self.setTitle(title)
+        self.setSubTitle(text)
+        self.result: Any = None
+        self.error: str | None = None
+        self._done = False
+        lay = QVBoxLayout(self)
+        self.canvas = pg.GraphicsLayoutWidget(self)
+        self.viewbox = self.canvas.addViewBox(lockAspect=True, invertY=True, enableMenu=False)
+        self.image_item = pg.ImageItem(axisOrder="row-major")
+        self.viewbox.addItem(self.image_item)
+        self.marker = pg.ScatterPlotItem(size=18, symbol="+", pen=pg.mkPen("#ff3030", width=2), brush=None)
+        self.viewbox.addItem(self.marker)
+        self.canvas.setVisible(key in IMAGE_KEYS)
+        self.canvas.setMinimumHeight(300 if key in IMAGE_KEYS else 0)
+        self.status = QLabel("", self)
+        self.status.setWordWrap(True)
+        self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.retry = QPushButton("Retry this step", self)
+        self.retry.setVisible(False)
+        self.retry.clicked.connect(self.run_step)
+        lay.addWidget(self.canvas, 1)
+        lay.addWidget(self.status)
+        lay.addWidget(self.retry)
+
+    def initializePage(self) -> None:  # noqa: N802 - Qt API
+        self.run_step()
+
+    def run_step(self) -> None:
+        self._done = False
+        self.error = None
+        self.retry.setVisible(False)
+        self.status.setText("working...")
+        self.completeChanged.emit()
+        self.dialog.submit(self.key)
+
+    def finish(self, result: Any, exc: BaseException | None) -> None:
+        if exc is not None:
+            self.error = str(exc)
+            self.status.setText(f"<b style='color:#c00000'>Failed:</b> {exc}")
+            self.retry.setVisible(True)
+            log.error("calibration step %s failed: %s", self.key, exc)
+        else:
+            self.result = result
+            self.show_result(result)
+            self._done = True
+        self.completeChanged.emit()
+
+    def show_result(self, result: Any) -> None:
+        img = _first_image(result, IMAGE_KEYS.get(self.key, ("image",)))
+        if img is not None:
+            img = np.asarray(img, dtype=np.float32)
+            if self.key == "fourier" and img.min() >= 0 and img.max() > 1e3 * max(np.median(img), 1e-12):
+                img = np.log1p(img)  # raw magnitudes span decades
+            finite = img[np.isfinite(img)]
+            lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+            if self.key in ("phases", "verify"):
+                lo, hi = -np.pi, np.pi
+                self.image_item.setColorMap(pg.colormap.get("CET-C1"))  # cyclic map for phases
+            self.image_item.setImage(img, levels=(lo, hi if hi > lo else lo + 1), autoLevels=False)
+            self.viewbox.autoRange(padding=0)
+        carrier = None
+        if self.key == "fourier":
+            carrier = result.get("carrier_px") if isinstance(result, dict) else getattr(result, "carrier_px", None)
+            if carrier is None:
+                carrier = result.get("carrier") if isinstance(result, dict) else getattr(result, "carrier", None)
+        if carrier is not None and len(carrier) == 2:
+            self.marker.setData([float(carrier[0])], [float(carrier[1])])
+        self.status.setText(_summary(result))
+
+    def isComplete(self) -> bool:  # noqa: N802 - Qt API
+        return self._done
+
+
+class CalibrationWizardDialog(QWizard):
+    """Walks the operator through a per-core phase calibration (non-modal)."""
+
+    def __init__(self, steps: Any, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.steps = steps
+        self.saved = False
+        self.setWindowTitle("Calibration wizard - per-core phase (off-axis holography)")
+        self.setObjectName("calibrationWizard")
+        self.setWizardStyle(QWizard.WizardStyle.ClassicStyle)
+        self.setOption(QWizard.WizardOption.NoBackButtonOnStartPage, True)
+        self.resize(760, 640)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="calibration")
+        self._relay = _Relay()
+        self._relay.done.connect(self._on_done)
+        self.pages: dict[str, StepPage] = {}
+        for key, title, text, names in STEPS:
+            if self._method(names) is None and key == "mode":
+                continue  # a steps object without an explicit mode switch
+            page = StepPage(key, title, text, self)
+            self.pages[key] = page
+            self.addPage(page)
+        self.finished.connect(self._shutdown)
+
+    def _method(self, names: tuple[str, ...]) -> Any:
+        for n in names:
+            fn = getattr(self.steps, n, None)
+            if callable(fn):
+                return fn
+        return None
+
+    def submit(self, key: str) -> None:
+        names = next(s[3] for s in STEPS if s[0] == key)
+        fn = self._method(names)
+        relay = self._relay
+
+        def work() -> None:
+            try:
+                if fn is None:
+                    raise RuntimeError(f"calibration step '{key}' is not available ({' / '.join(names)})")
+                res = fn()
+            except Exception as exc:  # shown on the page
+                relay.done.emit(key, None, exc)
+                return
+            relay.done.emit(key, res, None)
+
+        self._pool.submit(work)
+
+    def _on_done(self, key: str, result: Any, exc: Any) -> None:
+        page = self.pages.get(key)
+        if page is not None:
+            page.finish(result, exc)
+        if key == "save" and exc is None:
+            self.saved = True
+
+    def _shutdown(self, *_: Any) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        leave = getattr(self.steps, "leave_calibration_mode", None) or getattr(self.steps, "finish", None)
+        if callable(leave):
+            try:
+                leave()
+            except Exception as exc:
+                log.warning("leaving calibration mode failed: %s", exc)

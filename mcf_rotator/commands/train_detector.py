@@ -1,0 +1,71 @@
+"""``mcf-rotator train-detector``: fine-tune (or train) the YOLO cell detector/segmenter.
+
+Default: fine-tune the shipped weights on the user's labelled frames (YOLO segmentation
+format, e.g. made with ``mcf-rotator label``). ``--generate N`` first writes N synthetic
+frames from the simulated rig into ``--data``; ``--from-scratch`` builds yolo11n-seg from its
+yaml. Nothing is downloaded. Run folders go to ``--runs`` (a temp folder by default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+from mcf_rotator.errors import InputFileError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "train-detector",
+        help="fine-tune the learned cell detector on labelled frames (YOLO format)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--data", type=Path, required=True, help="dataset folder (images/, labels/) or data.yaml")
+    p.add_argument("--output", "-o", type=Path, default=None, help="copy the trained weights (.pt) here")
+    p.add_argument("--runs", type=Path, default=None, help="folder for ultralytics run files (default: temp)")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--imgsz", type=int, default=320, help="network input size (frames are letterboxed)")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--weights", type=Path, default=None, help="weights to fine-tune (default: the shipped ones)")
+    p.add_argument("--from-scratch", action="store_true", help="train a new yolo11n-seg from its yaml")
+    p.add_argument("--lr0", type=float, default=None, help="initial learning rate (default 0.002 fine-tune, 0.01 scratch)")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
+    p.add_argument("--generate", type=int, default=0, metavar="N", help="first write N synthetic frames into --data")
+    p.add_argument("--seed", type=int, default=0, help="seed for --generate and training")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from mcf_rotator.reconstruction.ultralytics_env import setup_ultralytics
+
+    setup_ultralytics(threads=args.threads)
+    from mcf_rotator.reconstruction.yolo import train_detector
+    from mcf_rotator.reconstruction.yolo_dataset import write_yolo_dataset
+
+    if args.epochs < 1:
+        raise InputFileError("--epochs must be at least 1")
+    if args.generate > 0:
+        n_val = max(2, args.generate // 10)
+        print(f"writing {args.generate} synthetic training + {n_val} validation frames to {args.data}")
+        write_yolo_dataset(args.data, args.generate, n_val, seed=args.seed, progress=True)
+    best = train_detector(
+        args.data,
+        out_dir=args.runs,
+        epochs=args.epochs,
+        imgsz=args.imgsz,
+        batch=args.batch,
+        weights=args.weights,
+        from_scratch=args.from_scratch,
+        threads=args.threads,
+        lr0=args.lr0,
+        seed=args.seed,
+    )
+    if args.output is not None:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(best, args.output)
+        best = args.output
+    print(f"trained weights: {best}")
+    print(f"use them with: mcf-rotator evaluate-detector --weights {best}   or set paths.detector_weights in the rig config")
+    return 0

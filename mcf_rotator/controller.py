@@ -1,0 +1,1003 @@
+"""The rig controller: one state machine from "trap" to a saved volume, testable without Qt.
+
+States::
+
+    IDLE -> TRAPPING -> ROTATING -> RECONSTRUCTING -> FINISHING -> IDLE
+      any state --(device / pipeline / recording error)--> ERROR --reset()--> IDLE
+
+Threads (no signal per frame crosses them; the GUI pulls):
+
+- camera thread: ``camera.read_frame`` -> recorder (every frame, from ``rotate()`` on) and
+  ring buffer (drops oldest; back-pressure instead on the as-fast-as-possible simulated rig).
+- pipeline thread (from ``reconstruct()``): ring buffer -> ``LivePipeline.process`` -> latest
+  result, angle trace, volume snapshot (``events.volume_updated`` at <= 5 Hz). When the
+  tracked coverage reaches ``config.rotation.target_coverage_deg`` (or ``stop()``) it runs
+  FINISHING: stop rotation and camera, ``finalize()``, write volume/angles/report, close the
+  recording, IDLE, ``events.finished(result)``.
+- rotation: :class:`~mcf_rotator.holography.sequencer.RotationDriver` (own thread, wall-clock)
+  or, when the simulated world runs on simulated time, :class:`LockstepRotation` ticked by the
+  camera thread so the ellipse turns at ``rate_deg_s`` of *simulated* time.
+"""
+
+from __future__ import annotations
+
+import csv
+import enum
+import json
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from psygnal import Signal, SignalGroup
+
+from mcf_rotator.config import RigConfig
+from mcf_rotator.drivers.protocols import Frame
+from mcf_rotator.errors import FrameTimeoutError, McfRotatorError, ReconstructionError, RecordingError
+from mcf_rotator.recording import Recorder, RecordingSummary
+from mcf_rotator.rig import Rig, build_rig
+from mcf_rotator.ringbuffer import BufferClosed, FrameRingBuffer
+
+log = logging.getLogger(__name__)
+
+VOLUME_EVENT_MIN_INTERVAL_S = 0.2  # volume_updated at <= 5 Hz
+
+
+class RigState(str, enum.Enum):
+    IDLE = "idle"
+    TRAPPING = "trapping"
+    ROTATING = "rotating"
+    RECONSTRUCTING = "reconstructing"
+    FINISHING = "finishing"
+    ERROR = "error"
+
+
+class InvalidTransitionError(McfRotatorError):
+    """A command that the current state does not allow (message says what to do instead)."""
+
+
+class ControllerEvents(SignalGroup):
+    #: old state, new state (RigState)
+    state_changed = Signal(object, object)
+    #: level ("info" | "warning" | "error"), text
+    message = Signal(str, str)
+    error = Signal(str)
+    #: version of the newest volume snapshot (emitted at most 5 times per second)
+    volume_updated = Signal(int)
+    #: RunResult
+    finished = Signal(object)
+
+
+@dataclass
+class RunResult:
+    """What a finished run produced (files are in ``run_dir``)."""
+
+    run_dir: Path
+    recording: RecordingSummary | None
+    reconstruction: Any | None = None
+    volume_path: Path | None = None
+    angles_path: Path | None = None
+    report_path: Path | None = None
+    report: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+# ----------------------------------------------------------------------------- rotation on sim time
+class LockstepRotation:
+    """Rotating-ellipse driver on an external clock (the simulated world's time).
+
+    Same commands as ``RotationDriver``; the camera thread calls :meth:`tick` before each
+    frame, so the commanded angle follows simulated time however fast the CPU runs.
+    """
+
+    def __init__(self, slm: Any, sequencer: Any, rate_deg_s: float, direction: int, clock: Callable[[], float]) -> None:
+        self.slm = slm
+        self.sequencer = sequencer
+        self._rate = float(rate_deg_s)
+        self._direction = int(direction)
+        self._clock = clock
+        self._angle = 0.0
+        self._last_t: float | None = None
+        self._shown_step: int | None = None
+        self._running = False
+        self._paused = False
+        self.error: str | None = None
+
+    @property
+    def angle_deg(self) -> float:
+        return self._angle
+
+    @property
+    def is_running(self) -> bool:
+        return self._running
+
+    @property
+    def is_paused(self) -> bool:
+        return self._paused
+
+    @property
+    def rate_deg_s(self) -> float:
+        return self._rate
+
+    @property
+    def direction(self) -> int:
+        return self._direction
+
+    def start(self) -> None:
+        self._running = True
+        self._last_t = self._clock()
+        self._show(force=True)
+
+    def stop(self, timeout_s: float = 0.0) -> None:
+        self._running = False
+
+    def pause(self) -> None:
+        self._paused = True
+
+    def resume(self) -> None:
+        self._paused = False
+
+    def set_rate(self, rate_deg_s: float, direction: int | None = None) -> None:
+        self._rate = float(rate_deg_s)
+        if direction is not None:
+            self._direction = int(direction)
+
+    def tick(self) -> None:
+        if not self._running:
+            return
+        now = self._clock()
+        if self._last_t is not None and not self._paused:
+            self._angle += self._direction * self._rate * (now - self._last_t)
+        self._last_t = now
+        self._show()
+
+    def _show(self, force: bool = False) -> None:
+        step = self.sequencer.step_index(self._angle)
+        if force or step != self._shown_step:
+            self.slm.show_phase(self.sequencer.phase_image(self._angle))
+            self._shown_step = step
+
+
+# ----------------------------------------------------------------------------- trapped check
+def cell_centroid(image: np.ndarray) -> tuple[float, float] | None:
+    """(x, y) of the largest absorbing blob in a brightfield image, or None if there is none.
+
+    Optical depth -log(I / background) with the median as background; the blob is what is
+    darker than half of the strongest absorption (and clearly above the noise).
+    """
+    import cv2
+
+    img = np.asarray(image, np.float32)
+    if img.ndim != 2 or img.size == 0:
+        return None
+    small = cv2.resize(img, (max(1, img.shape[1] // 2), max(1, img.shape[0] // 2)), interpolation=cv2.INTER_AREA)
+    bg = float(np.median(small))
+    if bg <= 0:
+        return None
+    od = -np.log(np.clip(small / bg, 1e-3, None))
+    od = cv2.GaussianBlur(od, (5, 5), 1.5)
+    noise = 1.4826 * float(np.median(np.abs(od - np.median(od)))) + 1e-6
+    peak = float(od.max())
+    if peak < max(6 * noise, 0.01):
+        return None
+    mask = (od > 0.5 * peak).astype(np.uint8)
+    n, labels, stats, cents = cv2.connectedComponentsWithStats(mask)
+    if n < 2:
+        return None
+    k = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    if stats[k, cv2.CC_STAT_AREA] < 4:
+        return None
+    cx, cy = cents[k]
+    return float(cx * img.shape[1] / small.shape[1]), float(cy * img.shape[0] / small.shape[0])
+
+
+# ----------------------------------------------------------------------------- defaults
+def default_pipeline_factory(config: RigConfig) -> Any:
+    """The live reconstruction pipeline sized for this rig's cell and rotation."""
+    from mcf_rotator.reconstruction import live
+
+    return live.LivePipeline(live_pipeline_config(config))
+
+
+def live_pipeline_config(config: RigConfig) -> Any:
+    """LivePipelineConfig from the rig: expected cell size in pixels, direction, step per frame."""
+    from mcf_rotator.reconstruction.live import LivePipelineConfig
+
+    cell_px = config.simulation.cell_diameter_um / config.optics.object_pixel_um
+    h, w = config.simulation.camera_shape if config.camera.driver == "simulated" else (10**6, 10**6)
+    roi = int(min(max(64, round(cell_px * 1.6 / 16) * 16), h, w))
+    return LivePipelineConfig(
+        roi_px=roi,
+        cell_px=float(cell_px),
+        direction=int(config.rotation.direction),
+        nominal_step_deg=float(config.rotation.rate_deg_s / config.camera.frame_rate_hz),
+    )
+
+
+def volume_voxel_um(config: RigConfig, pipeline: Any, recon: Any) -> float:
+    """Voxel size of a reconstructed volume (crops of roi_px are resampled to volume_size)."""
+    v = getattr(recon, "voxel_um", None)
+    if v:
+        return float(v)
+    cfg = getattr(pipeline, "cfg", None) or getattr(pipeline, "config", None)
+    roi, size = getattr(cfg, "roi_px", None), getattr(cfg, "volume_size", None)
+    if roi and size:
+        return float(config.optics.object_pixel_um * roi / size)
+    return float(config.optics.object_pixel_um)
+
+
+def default_hologram_generator(config: RigConfig, geometry: Any) -> Any:
+    """CoreNet when its weights load, else weighted Gerchberg-Saxton (slower, no weights)."""
+    try:
+        from mcf_rotator.holography.corenet import load_default_corenet
+
+        gen = load_default_corenet(geometry) if _accepts_args(load_default_corenet) else load_default_corenet()
+        if hasattr(gen, "phases"):
+            return gen
+        from mcf_rotator.holography.corenet import CoreNetHologramGenerator
+
+        return CoreNetHologramGenerator(gen, geometry)
+    except Exception as exc:  # noqa: BLE001 - any CoreNet problem falls back to GS
+        log.info("CoreNet unavailable (%s); using weighted GS holograms", exc)
+    from mcf_rotator.holography.gs import GSHologramGenerator
+
+    return GSHologramGenerator(geometry)
+
+
+def _accepts_args(fn: Callable[..., Any]) -> bool:
+    import inspect
+
+    try:
+        return bool(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return False
+
+
+# ----------------------------------------------------------------------------- controller
+class RigController:
+    """Runs trap -> rotate -> reconstruct on a :class:`~mcf_rotator.rig.Rig`.
+
+    ``pipeline_factory(config)`` makes the live pipeline; ``sequencer`` (an
+    ``EllipseSequencer``-like object with ``phase_image``/``step_index``) overrides the one
+    built from ``hologram_generator`` (default CoreNet, else GS). ``lockstep`` (default: the
+    rig has a non-realtime simulated world) turns the ellipse on simulated time and makes the
+    ring buffer apply back-pressure, so every frame is processed.
+    """
+
+    def __init__(
+        self,
+        config: RigConfig,
+        rig: Rig | None = None,
+        pipeline_factory: Callable[[RigConfig], Any] | None = None,
+        hologram_generator: Any | None = None,
+        *,
+        sequencer: Any | None = None,
+        calibration: Any | None = None,
+        output_dir: str | Path | None = None,
+        ring_capacity: int = 64,
+        lockstep: bool | None = None,
+    ) -> None:
+        self.config = config
+        self.rig = rig if rig is not None else build_rig(config)
+        self.events = ControllerEvents()
+        self.pipeline_factory = pipeline_factory or default_pipeline_factory
+        self.hologram_generator = hologram_generator
+        self.calibration = calibration
+        self.output_dir = Path(output_dir) if output_dir is not None else Path(config.paths.output_dir)
+        world = self.rig.world
+        self.lockstep = bool(lockstep) if lockstep is not None else (world is not None and not getattr(world, "realtime", False))
+        self.ring: FrameRingBuffer[Frame] = FrameRingBuffer(ring_capacity)
+        #: stop recording (and finish) after this many frames; None = until coverage is reached
+        self.max_frames: int | None = None
+        #: write into exactly this folder instead of a new time-stamped one under output_dir
+        self.run_dir_override: Path | None = None
+
+        self._state = RigState.IDLE
+        self._state_lock = threading.RLock()
+        self._sequencer = sequencer
+        self._rotation: Any = None
+        self._recorder: Recorder | None = None
+        self._pipeline: Any = None
+        self._camera_thread: threading.Thread | None = None
+        self._pipeline_thread: threading.Thread | None = None
+        self._camera_stop = threading.Event()
+        self._pipeline_stop = threading.Event()
+        self._pause = threading.Event()
+        self._cancel = threading.Event()
+        self._run_done = threading.Event()
+        self._run_done.set()
+        self._latest_result: Any = None
+        self._snapshot: Any = None
+        self._trace_t: list[float] = []
+        self._trace_a: list[float] = []
+        self._processed_record_idx: list[int] = []
+        self._frame_times: deque[float] = deque(maxlen=60)
+        self._frames_read = 0
+        self._coverage = 0.0
+        self._last_volume_emit = 0.0
+        self._run_dir: Path | None = None
+        self._last_result: RunResult | None = None
+        self._error_text: str | None = None
+        self._connected = False
+        for dev in self.rig.devices:
+            dev.events.error.connect(self._make_device_error_handler(dev))
+
+    # ================================================================== state
+    @property
+    def state(self) -> RigState:
+        return self._state
+
+    @property
+    def last_error(self) -> str | None:
+        return self._error_text
+
+    @property
+    def last_result(self) -> RunResult | None:
+        return self._last_result
+
+    @property
+    def run_dir(self) -> Path | None:
+        return self._run_dir
+
+    def _set_state(self, new: RigState) -> None:
+        with self._state_lock:
+            old = self._state
+            if old == new:
+                return
+            self._state = new
+        log.info("rig state %s -> %s", old.value, new.value)
+        self.events.state_changed.emit(old, new)
+
+    def _require(self, command: str, *allowed: RigState) -> None:
+        if self._state not in allowed:
+            hint = {
+                RigState.ERROR: "reset() after reading the error first",
+                RigState.FINISHING: "wait until the run has finished",
+            }.get(self._state, "allowed from " + ", ".join(s.value for s in allowed))
+            raise InvalidTransitionError(f"cannot {command} while the rig is {self._state.value}: {hint}")
+
+    def _info(self, text: str, level: str = "info") -> None:
+        getattr(log, "warning" if level == "warning" else "info")(text)
+        self.events.message.emit(level, text)
+
+    # ================================================================== commands
+    def trap(self) -> None:
+        """Connect devices, laser on, ellipse at 0 deg, start the camera: TRAPPING."""
+        with self._state_lock:
+            self._require("trap", RigState.IDLE)
+            self._set_state(RigState.TRAPPING)
+        try:
+            self._reset_run_data()
+            self.rig.connect()
+            self._connected = True
+            self._ensure_sequencer()
+            self.rig.trap.set_enabled(True)
+            self.rig.slm.show_phase(self._sequencer.phase_image(0.0))
+            self._start_camera()
+            self._info("trap on: ellipse at 0 deg, camera running")
+        except Exception as exc:  # noqa: BLE001 - every failure is shown to the operator
+            self._fail(f"trap failed: {_describe(exc)}")
+            raise
+
+    def wait_trapped(self, timeout_s: float = 10.0, n_stable: int = 5, tolerance_px: float = 3.0) -> bool:
+        """True once a cell is detected in ``n_stable`` consecutive new frames within ``tolerance_px``."""
+        deadline = time.monotonic() + timeout_s
+        seen: deque[tuple[float, float]] = deque(maxlen=n_stable)
+        last_index = -1
+        while time.monotonic() < deadline and self._state == RigState.TRAPPING and not self._cancel.is_set():
+            frame = self.ring.latest()
+            if frame is None or frame.index == last_index:
+                time.sleep(0.01)
+                continue
+            last_index = frame.index
+            c = cell_centroid(frame.image)
+            if c is None:
+                seen.clear()
+                continue
+            seen.append(c)
+            if len(seen) == n_stable:
+                pts = np.array(seen)
+                if float(np.max(np.linalg.norm(pts - pts.mean(0), axis=1))) <= tolerance_px:
+                    self._info(f"cell trapped at x={pts[:, 0].mean():.0f}, y={pts[:, 1].mean():.0f} px")
+                    return True
+        if self._state == RigState.TRAPPING and not self._cancel.is_set():
+            self._info(f"no stable cell detected within {timeout_s:g} s", "warning")
+        return False
+
+    def rotate(self) -> None:
+        """Start recording and turning the ellipse: ROTATING."""
+        with self._state_lock:
+            self._require("rotate", RigState.TRAPPING)
+            try:
+                self._start_recording()
+                rot = self.config.rotation
+                if self.lockstep:
+                    world = self.rig.world
+                    self._rotation = LockstepRotation(
+                        self.rig.slm, self._sequencer, rot.rate_deg_s, rot.direction, lambda: float(world.time_s)
+                    )
+                else:
+                    from mcf_rotator.holography.sequencer import RotationDriver
+
+                    self._rotation = RotationDriver(
+                        self.rig.slm, self._sequencer, rot.rate_deg_s, rot.direction, on_error=self._on_thread_error
+                    )
+                self._rotation.start()
+                self._set_state(RigState.ROTATING)
+            except Exception as exc:  # noqa: BLE001
+                self._fail(f"rotation failed to start: {_describe(exc)}")
+                raise
+        self._info(f"rotating at {self.config.rotation.rate_deg_s:g} deg/s, recording to {self._recorder.path}")
+
+    def reconstruct(self) -> None:
+        """Start the live pipeline on the camera frames: RECONSTRUCTING."""
+        with self._state_lock:
+            self._require("reconstruct", RigState.ROTATING)
+            try:
+                self._pipeline = self.pipeline_factory(self.config)
+            except Exception as exc:  # noqa: BLE001
+                self._fail(f"reconstruction pipeline failed to start: {_describe(exc)}")
+                raise
+            self.ring.clear()  # start with fresh frames (all of them are in the recording)
+            if self.lockstep:
+                self.ring.block_when_full = True
+            self._pipeline_stop.clear()
+            self._pipeline_thread = threading.Thread(target=self._pipeline_loop, name="pipeline", daemon=True)
+            self._set_state(RigState.RECONSTRUCTING)
+            self._pipeline_thread.start()
+        self._info(f"reconstructing until {self.config.rotation.target_coverage_deg:g} deg are covered")
+
+    def stop(self) -> None:
+        """End the run now: reconstruct what was seen (if reconstructing), save, IDLE."""
+        state = self._state
+        if state == RigState.RECONSTRUCTING:
+            self._pipeline_stop.set()
+        elif state in (RigState.TRAPPING, RigState.ROTATING):
+            self._teardown()
+            if self._recorder is not None:
+                self._close_recording()
+            self._set_state(RigState.IDLE)
+            self._run_done.set()
+            self._info("stopped")
+        elif state == RigState.ERROR:
+            raise InvalidTransitionError("the rig is in error: reset() first")
+
+    def cancel(self) -> None:
+        """Abandon the run at the next step boundary (recording kept, no reconstruction)."""
+        self._cancel.set()
+        if self._state in (RigState.TRAPPING, RigState.ROTATING, RigState.RECONSTRUCTING):
+            self._pipeline_stop.set()
+            if self._state != RigState.RECONSTRUCTING:
+                self.stop()
+
+    def pause(self) -> None:
+        """Hold the rotation and the pipeline (camera and recording keep running)."""
+        self._require("pause", RigState.ROTATING, RigState.RECONSTRUCTING)
+        self._pause.set()
+        if self._rotation is not None:
+            self._rotation.pause()
+        self._info("paused")
+
+    def resume(self) -> None:
+        self._pause.clear()
+        if self._rotation is not None:
+            self._rotation.resume()
+        self._info("resumed")
+
+    @property
+    def is_paused(self) -> bool:
+        return self._pause.is_set()
+
+    def set_rotation(self, rate_deg_s: float, direction: int | None = None) -> None:
+        """Change rate/direction now (and for the next run)."""
+        if direction not in (None, 1, -1):
+            raise ValueError(f"direction must be +1 or -1, got {direction}")
+        self.config.rotation.rate_deg_s = float(rate_deg_s)
+        if direction is not None:
+            self.config.rotation.direction = direction
+        if self._rotation is not None:
+            self._rotation.set_rate(rate_deg_s, direction)
+
+    def set_calibration(self, calibration: Any) -> None:
+        """Apply a CalibrationRecord (per-core correction) from now on."""
+        self.calibration = calibration
+        if self._sequencer is not None and hasattr(self._sequencer, "set_correction"):
+            self._sequencer.set_correction(calibration)
+
+    def reset(self) -> None:
+        """Leave ERROR (or abort anything) and return to IDLE with devices released."""
+        self._teardown()
+        if self._recorder is not None:
+            self._close_recording()
+        if self._connected:
+            self.rig.disconnect()
+            self._connected = False
+        self._pause.clear()
+        self._cancel.clear()
+        self._set_state(RigState.IDLE)
+        self._run_done.set()
+
+    def shutdown(self) -> None:
+        """Stop everything and release devices (GUI closing mid-run). Safe to call twice."""
+        self._cancel.set()
+        self._pipeline_stop.set()
+        t = self._pipeline_thread
+        if t is not None and t.is_alive() and t is not threading.current_thread():
+            self.ring.close()
+            t.join(10.0)
+        self.reset()
+
+    def run_all(self, trap_timeout_s: float = 20.0, wait: bool = True, timeout_s: float | None = None) -> RunResult | None:
+        """Trap, wait for a stable cell, rotate, reconstruct; with ``wait`` block until finished."""
+        self._cancel.clear()
+        self.trap()
+        trapped = self.wait_trapped(trap_timeout_s)
+        self._raise_if_error()
+        if not trapped:
+            if self._cancel.is_set():
+                self.stop()
+                return None
+            self.stop()
+            raise McfRotatorError(
+                f"no cell was trapped within {trap_timeout_s:g} s: check the cell supply and the focus"
+            )
+        if self._cancel.is_set():
+            self.stop()
+            return None
+        self.rotate()
+        if self._cancel.is_set():
+            self.stop()
+            return None
+        self.reconstruct()
+        if not wait:
+            return None
+        if not self.wait_finished(timeout_s):
+            raise McfRotatorError(f"the run did not finish within {timeout_s:g} s")
+        self._raise_if_error()
+        return self._last_result
+
+    def _raise_if_error(self) -> None:
+        if self._state == RigState.ERROR:
+            raise McfRotatorError(self._error_text or "the run failed")
+
+    def wait_finished(self, timeout_s: float | None = None) -> bool:
+        """Block until the current run ended (IDLE or ERROR)."""
+        return self._run_done.wait(timeout_s)
+
+    # ================================================================== pull accessors
+    def latest_frame(self) -> Frame | None:
+        return self.ring.latest()
+
+    def latest_result(self) -> Any:
+        return self._latest_result
+
+    def volume_snapshot(self) -> Any:
+        return self._snapshot
+
+    def angle_trace(self) -> tuple[np.ndarray, np.ndarray]:
+        """(timestamps s, tracked cumulative angle deg) of the processed frames."""
+        n = min(len(self._trace_t), len(self._trace_a))
+        return np.asarray(self._trace_t[:n], float), np.asarray(self._trace_a[:n], float)
+
+    def stats(self) -> dict[str, Any]:
+        ft = list(self._frame_times)
+        fps = (len(ft) - 1) / (ft[-1] - ft[0]) if len(ft) > 1 and ft[-1] > ft[0] else 0.0
+        rec = self._recorder
+        return {
+            "state": self._state.value,
+            "camera_fps": fps,
+            "frames_read": self._frames_read,
+            "dropped_frames": self.ring.dropped,
+            "queue_depth": self.ring.depth,
+            "recorded_frames": rec.frames_written if rec else 0,
+            "recording_backlog": rec.backlog if rec else 0,
+            "processed_frames": len(self._processed_record_idx),
+            "coverage_deg": self._coverage,
+            "commanded_angle_deg": self._rotation.angle_deg if self._rotation is not None else None,
+        }
+
+    def slm_image(self) -> np.ndarray | None:
+        return self.rig.slm.current_grey
+
+    def beam_image(self) -> np.ndarray | None:
+        world = self.rig.world
+        if world is None or not hasattr(world, "beam_far_field"):
+            return None
+        return world.beam_far_field()
+
+    # ================================================================== internals: setup
+    def _reset_run_data(self) -> None:
+        self._pipeline_stop.clear()
+        self._camera_stop.clear()
+        self._pause.clear()
+        self._run_done.clear()
+        self._latest_result = None
+        self._snapshot = None
+        self._trace_t, self._trace_a = [], []
+        self._processed_record_idx = []
+        self._frame_times.clear()
+        self._frames_read = 0
+        self._coverage = 0.0
+        self._error_text = None
+        self._last_result = None
+        self._rotation = None
+        self._pipeline = None
+        self.ring = FrameRingBuffer(self.ring.capacity)
+
+    def _ensure_sequencer(self) -> None:
+        if self._sequencer is not None:
+            if self.calibration is not None and hasattr(self._sequencer, "set_correction"):
+                self._sequencer.set_correction(self.calibration)
+            return
+        from mcf_rotator.holography.mcf import SLMCoreMapping
+        from mcf_rotator.holography.sequencer import EllipseSequencer
+
+        world = self.rig.world
+        if world is not None:
+            geometry, mapping = world.geometry, world.mapping
+        else:
+            from mcf_rotator.simulation.world import geometry_from_config
+
+            geometry = geometry_from_config(self.config)
+            s = self.config.slm
+            mapping = SLMCoreMapping.build(
+                geometry, (s.height, s.width), s.pixel_pitch_um, self.config.fibre.slm_to_facet_magnification
+            )
+        gen = self.hologram_generator or default_hologram_generator(self.config, geometry)
+        self.hologram_generator = gen
+        self._sequencer = EllipseSequencer(
+            gen,
+            mapping,
+            correction=self.calibration,
+            step_deg=self.config.rotation.angle_step_deg,
+            two_pi_grey=self.config.slm.two_pi_grey,
+            axes=self.config.rotation.ellipse_axes,
+            grating_period_px=self.config.slm.grating_period_px,
+        )
+
+    def _new_run_dir(self) -> Path:
+        if self.run_dir_override is not None:
+            d = Path(self.run_dir_override)
+        else:
+            d = self.output_dir / datetime.now().strftime("run-%Y%m%d-%H%M%S")
+            k = 1
+            while d.exists():
+                d = self.output_dir / (datetime.now().strftime("run-%Y%m%d-%H%M%S") + f"-{k}")
+                k += 1
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RecordingError(f"cannot create the run folder {d}: {exc.strerror or exc}") from exc
+        return d
+
+    def _start_recording(self) -> None:
+        self._run_dir = self._new_run_dir()
+        ext = ".ome.zarr" if self.config.record_format == "ome-zarr" else ".ome.tif"
+        meta = {
+            "rig": self.config.name,
+            "calibration_id": self._calibration_id(),
+            "pixel_um": self.config.optics.object_pixel_um,
+            "rotation_rate_deg_s": self.config.rotation.rate_deg_s,
+            "direction": self.config.rotation.direction,
+            "simulated": self.rig.is_simulated,
+        }
+        self._recorder = Recorder(
+            self._run_dir / f"recording{ext}",
+            pixel_um=self.config.optics.object_pixel_um,
+            metadata=meta,
+            on_error=self._on_recording_error,
+        )
+
+    def _calibration_id(self) -> str | None:
+        cal = self.calibration
+        return None if cal is None else str(getattr(cal, "calibration_id", cal))
+
+    def _start_camera(self) -> None:
+        cam = self.rig.camera
+        cam.start_acquisition()
+        self._camera_stop.clear()
+        self._camera_thread = threading.Thread(target=self._camera_loop, name="camera", daemon=True)
+        self._camera_thread.start()
+
+    # ================================================================== internals: threads
+    def _camera_loop(self) -> None:
+        cam = self.rig.camera
+        cal_id = self._calibration_id()
+        try:
+            while not self._camera_stop.is_set():
+                rot = self._rotation
+                if isinstance(rot, LockstepRotation):
+                    rot.tick()
+                try:
+                    frame = cam.read_frame(0.5)
+                except FrameTimeoutError as exc:
+                    if type(exc).__name__ == "ReplayFinished":
+                        self._info("replay reached the end of its file")
+                        self._end_of_input()
+                        return
+                    continue
+                self._frames_read += 1
+                self._frame_times.append(time.monotonic())
+                rec = self._recorder
+                rot = self._rotation
+                if (
+                    rec is not None
+                    and rot is not None
+                    and not rec.closed
+                    and self._state in (RigState.ROTATING, RigState.RECONSTRUCTING)
+                ):
+                    if self.max_frames is not None and rec.frames_queued >= self.max_frames:
+                        self._end_of_input()
+                        return
+                    meta: dict[str, Any] = {"camera_index": frame.index, "calibration_id": cal_id}
+                    meta["slm_angle_deg"] = float(rot.angle_deg)
+                    if self._sequencer is not None and hasattr(self._sequencer, "step_index"):
+                        meta["hologram_id"] = int(self._sequencer.step_index(rot.angle_deg))
+                    for key in ("true_angle_deg", "sim_time_s"):
+                        if key in frame.metadata:
+                            meta[key] = frame.metadata[key]
+                    frame.metadata["record_index"] = rec.write(frame.image, frame.timestamp, **meta)
+                while not self._camera_stop.is_set():
+                    try:
+                        if self.ring.put(frame, timeout_s=0.2):
+                            break
+                    except BufferClosed:
+                        return
+        except Exception as exc:  # noqa: BLE001 - camera failure ends the run in ERROR
+            self._on_thread_error(f"camera: {_describe(exc)}")
+
+    def _end_of_input(self) -> None:
+        """No more frames (frame budget or end of replay): let the pipeline drain and finish."""
+        self.ring.close()
+        if self._state in (RigState.TRAPPING, RigState.ROTATING):
+            threading.Thread(target=self.stop, daemon=True).start()
+
+    def _pipeline_loop(self) -> None:
+        target = self.config.rotation.target_coverage_deg
+        cancelled = False
+        try:
+            while True:
+                if self._pipeline_stop.is_set():
+                    cancelled = self._cancel.is_set()
+                    break
+                if self._pause.is_set():
+                    time.sleep(0.02)
+                    continue
+                try:
+                    frame = self.ring.get(0.2)
+                except BufferClosed:
+                    break
+                if frame is None:
+                    continue
+                result = self._pipeline.process(frame.image, frame.timestamp)
+                self._latest_result = result
+                rec_idx = frame.metadata.get("record_index", -1)
+                self._processed_record_idx.append(rec_idx)
+                angle = getattr(result, "angle_deg", None)
+                if angle is not None:
+                    self._trace_t.append(frame.timestamp)
+                    self._trace_a.append(float(angle))
+                    if self._recorder is not None and rec_idx >= 0:
+                        self._recorder.annotate(rec_idx, tracked_angle_deg=float(angle))
+                self._update_snapshot()
+                if self._coverage >= target:
+                    self._info(f"coverage {self._coverage:.0f} deg reached")
+                    break
+        except Exception as exc:  # noqa: BLE001
+            self._on_thread_error(f"reconstruction: {_describe(exc)}")
+            return
+        self._finish(cancelled)
+
+    def _update_snapshot(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_volume_emit < VOLUME_EVENT_MIN_INTERVAL_S:
+            if self._trace_a:
+                self._coverage = max(self._coverage, abs(self._trace_a[-1] - self._trace_a[0]))
+            return
+        snap = self._pipeline.snapshot()
+        if self._trace_a:
+            self._coverage = max(self._coverage, abs(self._trace_a[-1] - self._trace_a[0]))
+        if snap is None:
+            return
+        self._coverage = max(self._coverage, float(getattr(snap, "coverage_deg", 0.0) or 0.0))
+        prev = self._snapshot
+        self._snapshot = snap
+        if prev is None or getattr(prev, "version", None) != getattr(snap, "version", None):
+            self._last_volume_emit = now
+            self.events.volume_updated.emit(int(getattr(snap, "version", 0)))
+
+    # ================================================================== internals: finishing
+    def _finish(self, cancelled: bool) -> None:
+        with self._state_lock:
+            if self._state != RigState.RECONSTRUCTING:
+                return  # an error (or reset) got there first; it cleans up
+            self._set_state(RigState.FINISHING)
+        self._stop_rotation_and_camera()
+        run_dir = self._run_dir or self._new_run_dir()
+        result = RunResult(run_dir=run_dir, recording=None)
+        try:
+            if not cancelled:
+                try:
+                    self._info("finalising the reconstruction (angle refinement)")
+                    recon = self._pipeline.finalize()
+                    result.reconstruction = recon
+                    self._snapshot = self._pipeline.snapshot() or self._snapshot
+                    self._write_outputs(result, recon)
+                except ReconstructionError as exc:
+                    result.error = str(exc)
+                    self._info(f"no volume: {exc}", "warning")
+            else:
+                self._info("run cancelled: recording kept, no reconstruction", "warning")
+                result.error = "cancelled"
+            result.recording = self._close_recording()
+            result.report.setdefault("recording", str(result.recording.path) if result.recording else None)
+            if result.report_path is None:
+                result.report_path = run_dir / "report.json"
+                result.report.update(self._run_report(None))
+                result.report["error"] = result.error
+            result.report_path.write_text(json.dumps(result.report, indent=2, default=str))
+        except Exception as exc:  # noqa: BLE001
+            self._on_thread_error(f"finishing: {_describe(exc)}")
+            return
+        finally:
+            if self.rig.trap.is_connected:
+                try:
+                    self.rig.trap.set_enabled(False)
+                except Exception:  # noqa: BLE001
+                    log.exception("laser off failed")
+        self._last_result = result
+        self._cancel.clear()
+        with self._state_lock:
+            if self._state != RigState.FINISHING:
+                return
+            self._set_state(RigState.IDLE)
+        self._run_done.set()
+        self.events.finished.emit(result)
+
+    def _write_outputs(self, result: RunResult, recon: Any) -> None:
+        import tifffile
+
+        run_dir = result.run_dir
+        volume = np.asarray(recon.volume, np.float32)
+        voxel_um = volume_voxel_um(self.config, self._pipeline, recon)
+        result.volume_path = run_dir / "volume.tif"
+        tifffile.imwrite(
+            result.volume_path,
+            volume,
+            imagej=True,
+            resolution=(1.0 / voxel_um, 1.0 / voxel_um),
+            metadata={"spacing": voxel_um, "unit": "um", "axes": "ZYX"},
+        )
+        angles = np.asarray(recon.angles_deg, float)
+        idx = self._processed_record_idx
+        frames = idx if len(idx) == len(angles) and all(i >= 0 for i in idx) else list(range(len(angles)))
+        result.angles_path = run_dir / "angles.csv"
+        with open(result.angles_path, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["frame", "angle_deg"])
+            for f, a in zip(frames, angles):
+                w.writerow([int(f), f"{a:.4f}"])
+        if self._recorder is not None and len(frames) == len(angles):
+            for f, a in zip(frames, angles):
+                self._recorder.annotate(int(f), refined_angle_deg=float(a))
+        result.report_path = run_dir / "report.json"
+        report = self._run_report(recon)
+        report.update(volume=result.volume_path.name, angles=result.angles_path.name, voxel_um=voxel_um)
+        result.report = report
+
+    def _run_report(self, recon: Any) -> dict[str, Any]:
+        rep: dict[str, Any] = {
+            "rig": self.config.name,
+            "finished": datetime.now().isoformat(timespec="seconds"),
+            "calibration_id": self._calibration_id(),
+            "rotation_rate_deg_s": self.config.rotation.rate_deg_s,
+            "target_coverage_deg": self.config.rotation.target_coverage_deg,
+            "stats": self.stats(),
+        }
+        if recon is not None:
+            rep.update(
+                n_projections=int(len(recon.angles_deg)),
+                coverage_deg=float(np.ptp(np.asarray(recon.angles_deg, float))) if len(recon.angles_deg) else 0.0,
+                axis_offset_px=_num(getattr(recon, "axis_offset_px", None)),
+                tilt_deg=_num(getattr(recon, "tilt_deg", None)),
+                volume_shape=list(np.shape(recon.volume)),
+                pipeline_report=getattr(recon, "report", None),
+            )
+        return rep
+
+    def _close_recording(self) -> RecordingSummary | None:
+        rec = self._recorder
+        if rec is None:
+            return None
+        try:
+            summary = rec.close()
+        except RecordingError as exc:
+            self._info(str(exc), "error")
+            return None
+        if summary.error is None:
+            self._info(f"recording closed: {summary.frames_written} frames in {summary.path}")
+        return summary
+
+    def _stop_rotation_and_camera(self) -> None:
+        if self._rotation is not None:
+            try:
+                self._rotation.stop()
+            except Exception:  # noqa: BLE001
+                log.exception("stopping the rotation failed")
+        self._camera_stop.set()
+        self.ring.close()
+        t = self._camera_thread
+        if t is not None and t is not threading.current_thread():
+            t.join(5.0)
+        self._camera_thread = None
+        try:
+            if self.rig.camera.is_connected and self.rig.camera.is_acquiring:
+                self.rig.camera.stop_acquisition()
+        except Exception:  # noqa: BLE001
+            log.exception("stopping the camera failed")
+
+    def _teardown(self) -> None:
+        """Stop rotation, camera and pipeline threads (does not change the state)."""
+        self._pipeline_stop.set()
+        self._stop_rotation_and_camera()
+        t = self._pipeline_thread
+        if t is not None and t.is_alive() and t is not threading.current_thread():
+            t.join(10.0)
+        self._pipeline_thread = None
+        try:
+            if self.rig.trap.is_connected:
+                self.rig.trap.set_enabled(False)
+        except Exception:  # noqa: BLE001
+            log.exception("laser off failed")
+
+    # ================================================================== errors
+    def _make_device_error_handler(self, dev: Any) -> Callable[[str], None]:
+        def handler(message: str) -> None:
+            self._on_thread_error(f"{getattr(dev, 'name', 'device')}: {message}")
+
+        return handler
+
+    def _on_recording_error(self, message: str) -> None:
+        self._on_thread_error(message)
+
+    def _on_thread_error(self, message: str) -> None:
+        if self._state in (RigState.ERROR, RigState.IDLE):
+            log.error("%s (while %s)", message, self._state.value)
+            return
+        # do the cleanup off the failing thread so it can exit (it may be the camera thread)
+        threading.Thread(target=self._fail, args=(message,), name="controller-fail", daemon=True).start()
+
+    def _fail(self, message: str) -> None:
+        with self._state_lock:
+            if self._state == RigState.ERROR:
+                return
+            self._error_text = message
+            self._set_state(RigState.ERROR)
+        log.error(message)
+        self.events.error.emit(message)
+        self.events.message.emit("error", message)
+        try:
+            self._teardown()
+        finally:
+            summary = self._close_recording()
+            if summary is not None:
+                self._info(f"recording kept: {summary.frames_written} frame(s) in {summary.path}", "warning")
+            self._run_done.set()
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, McfRotatorError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _num(v: Any) -> float | None:
+    try:
+        return None if v is None else float(v)
+    except (TypeError, ValueError):
+        return None

@@ -1,0 +1,554 @@
+"""Crash-safe recording of every camera frame of a run (OME-TIFF or OME-Zarr).
+
+Why it is built this way
+------------------------
+- Nothing recorded may be lost, even when the pipeline drops frames or the process is killed.
+  The :class:`Recorder` therefore owns its own *unbounded* queue and writer thread; the camera
+  thread only enqueues (never blocks on the disk).
+- OME-TIFF: each frame is appended as its own uncompressed TIFF page and the file is flushed
+  after every page, so a killed process leaves a valid multi-page TIFF up to the last whole
+  page. The OME-XML (shape, per-plane DeltaT, physical pixel size) needs the final frame
+  count, so it is written into the first page's ImageDescription when the recording closes.
+- OME-Zarr (NGFF 0.5 on zarr v3): one chunk file per frame; the array grows in blocks and the
+  final frame count is stored on close.
+- Per-frame metadata (timestamp, SLM state, calibration id, tracked angle once known) goes to
+  a JSON-lines sidecar flushed per frame (``<name>.frames.jsonl`` beside a TIFF, inside the
+  ``.ome.zarr`` folder for Zarr). Tracked angles arrive later than the frame, so they are
+  appended as ``annotation`` lines and merged by the reader.
+- :func:`open_recording` reads finished *and* interrupted recordings.
+
+Disk-full or permission errors become :class:`~mcf_rotator.errors.RecordingError`; frames
+written before the error stay readable, later frames are counted as lost.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Literal, Sequence
+
+import numpy as np
+
+from mcf_rotator.errors import InputFileError, RecordingError
+
+log = logging.getLogger(__name__)
+
+RecordFormat = Literal["ome-tiff", "ome-zarr"]
+SIDECAR_SUFFIX = ".frames.jsonl"
+_PLACEHOLDER = "mcf-rotator recording in progress (OME-XML written on close)"
+_SENTINEL = object()
+
+
+# ----------------------------------------------------------------------------- paths
+def recording_stem(path: str | Path) -> str:
+    """File name without the recording suffixes (``run.ome.tif`` -> ``run``)."""
+    name = Path(path).name
+    for suffix in (".ome.tiff", ".ome.tif", ".ome.zarr", ".tiff", ".tif", ".zarr"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def sidecar_path(path: str | Path) -> Path:
+    """Where the per-frame metadata of the recording at ``path`` lives."""
+    path = Path(path)
+    if path.name.lower().endswith(".zarr"):
+        return path / SIDECAR_SUFFIX.lstrip(".")
+    return path.with_name(recording_stem(path) + SIDECAR_SUFFIX)
+
+
+def format_for_path(path: str | Path) -> RecordFormat:
+    return "ome-zarr" if str(path).lower().rstrip("/").endswith(".zarr") else "ome-tiff"
+
+
+def _describe_os_error(path: Path, exc: OSError, written: int) -> str:
+    if exc.errno == errno.ENOSPC:
+        why = "the disk is full"
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        why = "permission denied (is the folder writable?)"
+    else:
+        why = str(exc)
+    return (
+        f"recording {path}: {why}; the {written} frame(s) written so far are kept and readable, "
+        "later frames are not recorded"
+    )
+
+
+# ----------------------------------------------------------------------------- backends
+class _TiffBackend:
+    """Appends pages to an OME-TIFF, flushing each page."""
+
+    def __init__(self, path: Path, pixel_um: float | None, name: str) -> None:
+        import tifffile
+
+        self.path = path
+        self.pixel_um = pixel_um
+        self.name = name
+        self._tifffile = tifffile
+        self._writer: Any = None
+        self._shape: tuple[int, int] | None = None
+        self._dtype: np.dtype | None = None
+        self.count = 0
+
+    def append(self, image: np.ndarray) -> None:
+        if self._writer is None:
+            self._shape = image.shape
+            self._dtype = image.dtype
+            self._writer = self._tifffile.TiffWriter(self.path, bigtiff=True, ome=False)
+            desc = {"description": _PLACEHOLDER}
+        else:
+            desc = {}
+            if image.shape != self._shape or image.dtype != self._dtype:
+                raise RecordingError(
+                    f"recording {self.path}: frame {self.count} is {image.shape} {image.dtype}, "
+                    f"the recording holds {self._shape} {self._dtype}"
+                )
+        self._writer.write(image, contiguous=False, photometric="minisblack", metadata=None, **desc)
+        self._writer._fh.flush()
+        self.count += 1
+
+    def close(self, timestamps: Sequence[float]) -> None:
+        if self._writer is None:
+            return
+        self._writer.close()
+        self._writer = None
+        if self.count == 0 or self._shape is None:
+            return
+        ox = self._tifffile.OmeXml()
+        h, w = self._shape
+        n = self.count
+        kwargs: dict[str, Any] = {"Name": self.name}
+        if self.pixel_um:
+            kwargs.update(
+                PhysicalSizeX=float(self.pixel_um),
+                PhysicalSizeY=float(self.pixel_um),
+                PhysicalSizeXUnit="µm",
+                PhysicalSizeYUnit="µm",
+            )
+        if len(timestamps) == n:
+            t0 = timestamps[0]
+            kwargs["Plane"] = {"DeltaT": [float(t - t0) for t in timestamps], "DeltaTUnit": ["s"] * n}
+        ox.addimage(self._dtype, (n, h, w), (n, 1, 1, h, w, 1), axes="TYX", **kwargs)
+        self._tifffile.tiffcomment(self.path, ox.tostring().encode("utf-8"))
+
+    def abort(self) -> None:
+        """Close the file handle after an error; pages already written stay valid."""
+        if self._writer is not None:
+            try:
+                self._writer.close()
+            except Exception:  # noqa: BLE001 - best effort, the file stays readable
+                try:
+                    self._writer._fh.close()
+                except Exception:  # noqa: BLE001
+                    pass
+            self._writer = None
+
+
+class _ZarrBackend:
+    """Appends frames to an OME-Zarr (NGFF 0.5, zarr v3) image, one chunk per frame."""
+
+    GROW = 128
+
+    def __init__(self, path: Path, pixel_um: float | None, name: str) -> None:
+        self.path = path
+        self.pixel_um = pixel_um
+        self.name = name
+        import zarr
+
+        # created now (replacing an old recording at this path) so the sidecar can live inside
+        self._group: Any = zarr.open_group(str(path), mode="w", zarr_format=3)
+        self._array: Any = None
+        self.count = 0
+
+    def append(self, image: np.ndarray) -> None:
+        if self._array is None:
+            h, w = image.shape
+            self._array = self._group.create_array(
+                "0", shape=(self.GROW, h, w), chunks=(1, h, w), dtype=image.dtype, fill_value=0,
+                compressors=None,
+            )
+            scale = float(self.pixel_um or 1.0)
+            self._group.attrs.update(
+                {
+                    "ome": {
+                        "version": "0.5",
+                        "multiscales": [
+                            {
+                                "name": self.name,
+                                "axes": [
+                                    {"name": "t", "type": "time", "unit": "second"},
+                                    {"name": "y", "type": "space", "unit": "micrometer"},
+                                    {"name": "x", "type": "space", "unit": "micrometer"},
+                                ],
+                                "datasets": [
+                                    {
+                                        "path": "0",
+                                        "coordinateTransformations": [
+                                            {"type": "scale", "scale": [1.0, scale, scale]}
+                                        ],
+                                    }
+                                ],
+                            }
+                        ],
+                    },
+                    "mcf_rotator": {"complete": False},
+                }
+            )
+        elif image.shape != self._array.shape[1:] or image.dtype != self._array.dtype:
+            raise RecordingError(
+                f"recording {self.path}: frame {self.count} is {image.shape} {image.dtype}, "
+                f"the recording holds {self._array.shape[1:]} {self._array.dtype}"
+            )
+        if self.count >= self._array.shape[0]:
+            self._array.resize((self._array.shape[0] + self.GROW,) + tuple(self._array.shape[1:]))
+        self._array[self.count] = image
+        self.count += 1
+
+    def close(self, timestamps: Sequence[float]) -> None:
+        if self._array is None:
+            return
+        self._array.resize((self.count,) + tuple(self._array.shape[1:]))
+        self._group.attrs["mcf_rotator"] = {"complete": True, "n_frames": self.count}
+        self._array = None
+
+    def abort(self) -> None:
+        self._array = None
+
+
+# ----------------------------------------------------------------------------- recorder
+@dataclass
+class RecordingSummary:
+    """What a closed recording holds."""
+
+    path: Path
+    sidecar: Path
+    frames_written: int
+    frames_lost: int
+    error: str | None = None
+
+
+class Recorder:
+    """Writes every frame it is given, in its own thread, to an OME-TIFF or OME-Zarr.
+
+    ``write`` never blocks and never drops: frames wait in an unbounded queue until the disk
+    takes them. ``on_error(message)`` is called (from the writer thread) once, on the first
+    write failure; the message is also kept in :attr:`error`.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        fmt: RecordFormat | None = None,
+        *,
+        pixel_um: float | None = None,
+        metadata: dict[str, Any] | None = None,
+        on_error: Callable[[str], None] | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.format: RecordFormat = fmt or format_for_path(self.path)
+        self.sidecar = sidecar_path(self.path)
+        self.on_error = on_error
+        self.error: str | None = None
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._next_index = 0
+        self._written = 0
+        self._lost = 0
+        self._timestamps: list[float] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        name = recording_stem(self.path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.format == "ome-zarr":
+                self._backend: _TiffBackend | _ZarrBackend = _ZarrBackend(self.path, pixel_um, name)
+            else:
+                self._backend = _TiffBackend(self.path, pixel_um, name)
+            self._sidecar_fh = open(self.sidecar, "w", encoding="utf-8")
+            header = {"kind": "header", "format": self.format, "started_unix": time.time(), **(metadata or {})}
+            self._sidecar_fh.write(json.dumps(header, default=_json_default) + "\n")
+            self._sidecar_fh.flush()
+        except OSError as exc:
+            raise RecordingError(_describe_os_error(self.path, exc, 0)) from exc
+        self._thread = threading.Thread(target=self._run, name=f"recorder-{name}", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ producer side
+    def write(self, image: np.ndarray, timestamp: float, **metadata: Any) -> int:
+        """Queue one frame; returns its index in the recording."""
+        if self._closed:
+            raise RecordingError(f"recording {self.path} is closed")
+        with self._lock:
+            index = self._next_index
+            self._next_index += 1
+        self._queue.put(("frame", index, np.array(image, copy=True), float(timestamp), metadata))
+        return index
+
+    def annotate(self, frame: int, **fields: Any) -> None:
+        """Attach late metadata (e.g. the tracked angle) to an already queued frame."""
+        if not self._closed:
+            self._queue.put(("annotation", int(frame), fields))
+
+    # ------------------------------------------------------------------ stats
+    @property
+    def frames_queued(self) -> int:
+        """Frames accepted by ``write`` (written, waiting or lost)."""
+        return self._next_index
+
+    @property
+    def frames_written(self) -> int:
+        return self._written
+
+    @property
+    def frames_lost(self) -> int:
+        return self._lost
+
+    @property
+    def backlog(self) -> int:
+        """Items waiting for the disk."""
+        return self._queue.qsize()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # ------------------------------------------------------------------ writer thread
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _SENTINEL:
+                return
+            if self.error is not None:
+                if item[0] == "frame":
+                    self._lost += 1
+                continue
+            try:
+                if item[0] == "frame":
+                    _, index, image, ts, meta = item
+                    self._backend.append(image)
+                    record = {"kind": "frame", "frame": index, "timestamp_s": ts, **meta}
+                    self._sidecar_fh.write(json.dumps(record, default=_json_default) + "\n")
+                    self._sidecar_fh.flush()
+                    self._timestamps.append(ts)
+                    self._written += 1
+                else:
+                    _, index, fields = item
+                    record = {"kind": "annotation", "frame": index, **fields}
+                    self._sidecar_fh.write(json.dumps(record, default=_json_default) + "\n")
+                    self._sidecar_fh.flush()
+            except (OSError, RecordingError) as exc:
+                msg = exc.args[0] if isinstance(exc, RecordingError) else _describe_os_error(self.path, exc, self._written)
+                self._set_error(msg)
+                if item[0] == "frame":
+                    self._lost += 1
+            except Exception as exc:  # noqa: BLE001 - any writer failure must reach the operator
+                self._set_error(f"recording {self.path}: write failed ({exc}); {self._written} frame(s) kept")
+                if item[0] == "frame":
+                    self._lost += 1
+
+    def _set_error(self, message: str) -> None:
+        self.error = message
+        log.error(message)
+        self._backend.abort()
+        if self.on_error is not None:
+            try:
+                self.on_error(message)
+            except Exception:  # noqa: BLE001
+                log.exception("recording error callback failed")
+
+    # ------------------------------------------------------------------ close
+    def close(self, timeout_s: float | None = None) -> RecordingSummary:
+        """Write everything queued, finalise the OME metadata and release the files.
+
+        Safe to call twice. Raises :class:`RecordingError` if finalising fails; frames already
+        written stay readable.
+        """
+        if not self._closed:
+            self._closed = True
+            self._queue.put(_SENTINEL)
+            self._thread.join(timeout_s)
+            if self._thread.is_alive():
+                raise RecordingError(
+                    f"recording {self.path}: still writing {self.backlog} queued frame(s) after {timeout_s} s"
+                )
+            try:
+                if self.error is None:
+                    self._backend.close(self._timestamps)
+            except OSError as exc:
+                self._set_error(_describe_os_error(self.path, exc, self._written))
+            finally:
+                try:
+                    self._sidecar_fh.close()
+                except OSError:
+                    pass
+        return RecordingSummary(self.path, self.sidecar, self._written, self._lost, self.error)
+
+    def __enter__(self) -> "Recorder":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    return str(obj)
+
+
+# ----------------------------------------------------------------------------- reader
+class RecordingFrames:
+    """Lazy, read-only (T, H, W) view of a recording's frames (finished or interrupted)."""
+
+    def __init__(self, getter: Callable[[int], np.ndarray], n: int, shape: tuple[int, int], dtype: np.dtype,
+                 closer: Callable[[], None] | None = None) -> None:
+        self._get = getter
+        self._n = n
+        self.shape = (n, *shape)
+        self.dtype = np.dtype(dtype)
+        self._closer = closer
+
+    @property
+    def ndim(self) -> int:
+        return 3
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, key: int | slice) -> np.ndarray:
+        if isinstance(key, slice):
+            return np.stack([self._get(i) for i in range(*key.indices(self._n))]) if self._n else np.zeros(self.shape, self.dtype)
+        i = int(key)
+        if i < 0:
+            i += self._n
+        if not 0 <= i < self._n:
+            raise IndexError(f"frame {key} out of range (recording has {self._n} frames)")
+        return self._get(i)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for i in range(self._n):
+            yield self._get(i)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        arr = self[:]
+        return arr.astype(dtype) if dtype is not None else arr
+
+    def close(self) -> None:
+        if self._closer is not None:
+            self._closer()
+            self._closer = None
+
+
+def read_sidecar(path: str | Path) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
+    """(header, {frame: metadata}) from a sidecar, annotations merged; a torn last line is ignored."""
+    header: dict[str, Any] = {}
+    frames: dict[int, dict[str, Any]] = {}
+    annotations: list[dict[str, Any]] = []
+    path = Path(path)
+    if not path.is_file():
+        return header, frames
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for line in fh:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a crash
+            kind = rec.pop("kind", "frame")
+            if kind == "header":
+                header = rec
+            elif kind == "frame" and "frame" in rec:
+                frames[int(rec["frame"])] = rec
+            elif kind == "annotation" and "frame" in rec:
+                annotations.append(rec)
+    for rec in annotations:
+        idx = int(rec.pop("frame"))
+        if idx in frames:
+            frames[idx].update(rec)
+    return header, frames
+
+
+def open_recording(path: str | Path) -> tuple[RecordingFrames, list[dict[str, Any]]]:
+    """Frames and per-frame metadata of a recording, including one cut short by a crash.
+
+    Only whole frames are returned: a page torn by a crash is left out. Metadata entries are
+    ``{}`` for frames whose sidecar line did not reach the disk.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputFileError(f"{path}: recording not found")
+    _, meta = read_sidecar(sidecar_path(path))
+    if path.is_dir():
+        frames = _open_zarr(path, meta)
+    else:
+        frames = _open_tiff(path)
+    metadata = [meta.get(i, {}) for i in range(len(frames))]
+    for i, m in enumerate(metadata):
+        m.pop("frame", None)
+        m["frame"] = i
+    return frames, metadata
+
+
+def _open_tiff(path: Path) -> RecordingFrames:
+    import tifffile
+
+    if path.stat().st_size == 0:
+        raise InputFileError(f"{path}: the recording file is empty (no frame was written)")
+    try:
+        tif = tifffile.TiffFile(path)
+    except Exception as exc:  # noqa: BLE001 - tifffile raises many types on damaged files
+        raise InputFileError(f"{path}: not a readable TIFF recording ({exc})") from exc
+    pages = tif.pages
+    pages.cache = False
+    try:
+        n = len(pages)
+    except Exception:  # noqa: BLE001
+        n = 0
+    # drop trailing pages that a crash cut short
+    while n > 0:
+        try:
+            page = pages[n - 1]
+            page.asarray()
+            break
+        except Exception:  # noqa: BLE001
+            n -= 1
+    if n == 0:
+        tif.close()
+        raise InputFileError(f"{path}: the recording holds no complete frame")
+    first = pages[0]
+    shape = tuple(first.shape[:2])
+    lock = threading.Lock()
+
+    def get(i: int) -> np.ndarray:
+        with lock:
+            return pages[i].asarray()
+
+    return RecordingFrames(get, n, shape, first.dtype, tif.close)  # type: ignore[arg-type]
+
+
+def _open_zarr(path: Path, meta: dict[int, dict[str, Any]]) -> RecordingFrames:
+    import zarr
+
+    try:
+        group = zarr.open_group(str(path), mode="r")
+        arr = group["0"]
+    except Exception as exc:  # noqa: BLE001
+        raise InputFileError(f"{path}: not a readable OME-Zarr recording ({exc})") from exc
+    info = dict(group.attrs.get("mcf_rotator", {}))
+    if info.get("complete"):
+        n = int(info.get("n_frames", arr.shape[0]))
+    else:
+        # interrupted: frames are whole chunk files; count those the sidecar confirms
+        n = 0
+        while n < arr.shape[0] and n in meta:
+            n += 1
+    return RecordingFrames(lambda i: np.asarray(arr[i]), n, tuple(arr.shape[1:]), arr.dtype)

@@ -1,0 +1,150 @@
+"""Calibration wizard walk-through on a re-bent fibre (fake steps until the real ones land)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from test_gui_main_window import FakeController  # noqa: E402  (same folder, pytest rootdir import)
+
+pytestmark = pytest.mark.gui
+
+
+class FakeSteps:
+    """Stands in for calibration.wizard.CalibrationWizard on a fibre whose phases drifted."""
+
+    def __init__(self, fail_once: str | None = None) -> None:
+        self.rng = np.random.default_rng(1)
+        self.true = self.rng.uniform(-np.pi, np.pi, 61)
+        self.correction = np.zeros(61)
+        self.calls: list[str] = []
+        self.fail_once = fail_once
+
+    def _call(self, name: str) -> None:
+        self.calls.append(name)
+        if name == self.fail_once:
+            self.fail_once = None
+            raise RuntimeError("no carrier found (saturated hologram)")
+
+    def residual(self) -> float:
+        r = np.angle(np.exp(1j * (self.true + self.correction)))
+        return float(np.sqrt(np.mean(r**2)))
+
+    def drift_check(self) -> dict:
+        r = self.residual()
+        return {"ok": r < 0.3, "residual_rad": r}
+
+    def enter_calibration_mode(self) -> dict:
+        self._call("mode")
+        return {"trap_enabled": False}
+
+    def capture_hologram(self) -> np.ndarray:
+        self._call("hologram")
+        y, x = np.mgrid[:128, :128]
+        return 100 + 50 * np.cos(0.8 * x + 0.3 * y)
+
+    def fourier_plane(self) -> dict:
+        self._call("fourier")
+        spec = np.ones((128, 128))
+        spec[45, 100] = 1e6
+        return {"log_spectrum": np.log1p(spec), "carrier_px": (100.0, 45.0)}
+
+    def retrieve_phases(self) -> dict:
+        self._call("phases")
+        return {"phase_map": np.tile(np.linspace(-3, 3, 64), (64, 1)), "n_cores": 61, "fit_quality": 0.98}
+
+    def apply(self) -> None:
+        self._call("apply")
+        self.correction = -self.true
+
+    def verify(self) -> dict:
+        self._call("verify")
+        return {"residual_rad": self.residual(), "residual_map": np.zeros((64, 64))}
+
+    def save(self) -> dict:
+        self._call("save")
+        return {"calibration_id": "cal-1"}
+
+
+class StepsController(FakeController):
+    def __init__(self, steps: FakeSteps) -> None:
+        super().__init__()
+        self.steps = steps
+
+    def calibration_wizard(self) -> FakeSteps:
+        return self.steps
+
+
+@pytest.fixture
+def window(qtbot, tmp_path, monkeypatch):
+    from mcf_rotator.gui.main_window import MainWindow
+
+    monkeypatch.setenv("MCF_ROTATOR_SETTINGS", str(tmp_path / "s.json"))
+    made = []
+
+    def make(steps):
+        ctrl = StepsController(steps)
+        win = MainWindow(ctrl)
+        qtbot.addWidget(win)
+        win.show()
+        qtbot.waitExposed(win)
+        made.append((win, ctrl))
+        return win
+
+    yield make
+    for win, ctrl in made:
+        win.close()
+        ctrl.shutdown()
+
+
+def _walk(qtbot, wiz) -> list[str]:
+    seen = []
+    while True:
+        page = wiz.currentPage()
+        qtbot.waitUntil(page.isComplete, timeout=5000)
+        seen.append(page.key)
+        if wiz.nextId() == -1:
+            wiz.button(wiz.WizardButton.FinishButton).click()
+            return seen
+        wiz.next()
+
+
+def test_drift_check_suggests_wizard_and_walkthrough_fixes_it(window, qtbot):
+    steps = FakeSteps()
+    win = window(steps)
+    assert steps.residual() > 0.3  # the fibre was re-bent
+    win.check_drift()
+    assert win.drift_bar.isVisible()
+    assert "re-bent" in win.drift_label.text()
+    win.drift_button.click()
+    wiz = win.wizard
+    assert wiz is not None and wiz.isVisible()
+    seen = _walk(qtbot, wiz)
+    assert seen == ["mode", "hologram", "fourier", "phases", "apply", "verify", "save"]
+    assert steps.calls == seen
+    assert wiz.saved
+    fourier = wiz.pages["fourier"]
+    assert fourier.marker.data["x"][0] == pytest.approx(100.0)
+    assert wiz.pages["hologram"].image_item.image.shape == (128, 128)
+    assert "residual_rad" in wiz.pages["verify"].status.text()
+    qtbot.waitUntil(lambda: not win.drift_bar.isVisible(), timeout=3000)
+    win.check_drift()
+    assert not win.drift_bar.isVisible()
+
+
+def test_failed_step_blocks_next_and_can_retry(window, qtbot):
+    steps = FakeSteps(fail_once="fourier")
+    win = window(steps)
+    wiz = win.open_calibration_wizard()
+    for _ in range(2):
+        qtbot.waitUntil(wiz.currentPage().isComplete, timeout=5000)
+        wiz.next()
+    page = wiz.currentPage()
+    assert page.key == "fourier"
+    qtbot.waitUntil(lambda: page.error is not None, timeout=5000)
+    assert not page.isComplete() and page.retry.isVisibleTo(page)
+    assert "no carrier" in page.status.text()
+    page.retry.click()
+    qtbot.waitUntil(page.isComplete, timeout=5000)
+    wiz.reject()
+    assert not wiz.saved
