@@ -32,7 +32,7 @@ from mcf_rotator.holography.mcf import MCFGeometry
 #: pixels at the frame's maximum above this fraction count as a saturated frame
 SATURATION_FRACTION = 1e-3
 #: side-band / zero-order energy below this means there are no usable fringes
-MIN_FRINGE_STRENGTH = 0.05
+MIN_FRINGE_STRENGTH = 0.3
 
 
 @dataclass
@@ -192,6 +192,21 @@ def locate_cores(
     return centres, info
 
 
+def _demodulate(spec: np.ndarray, fx: np.ndarray, fy: np.ndarray, window: np.ndarray,
+                carrier_x: float, carrier_y: float, radius: float) -> np.ndarray:
+    """Soft-windowed side-band at (carrier_x, carrier_y) shifted to DC -> complex field."""
+    h, w = spec.shape
+    soft = np.exp(-0.5 * (((fx - carrier_x) ** 2 + (fy - carrier_y) ** 2) / (0.6 * radius) ** 2) ** 2) * window
+    kr = int(round(carrier_y * h))
+    kc = int(round(carrier_x * w))
+    filtered = np.roll(spec * soft, (-kr, -kc), axis=(0, 1))
+    field_ = np.fft.ifft2(np.fft.ifftshift(filtered))
+    rem_y, rem_x = carrier_y - kr / h, carrier_x - kc / w
+    ramp_y = np.exp(-2j * np.pi * rem_y * np.arange(h))[:, None]
+    ramp_x = np.exp(-2j * np.pi * rem_x * np.arange(w))[None, :]
+    return field_ * ramp_y * ramp_x
+
+
 def retrieve_phase(
     image: np.ndarray,
     geometry: MCFGeometry,
@@ -223,22 +238,20 @@ def retrieve_phase(
         )
     fy, fx = _freq_grid(h, w)
     radius = min(1.2 * bandwidth, 0.5 * np.hypot(cfx, cfy))
-    soft = np.exp(-0.5 * (((fx - cfx) ** 2 + (fy - cfy) ** 2) / (0.6 * radius) ** 2) ** 2) * window
-    # demodulate: side-band to DC (integer bins by roll, remainder by a ramp)
-    kr = int(round(cfy * h))
-    kc = int(round(cfx * w))
-    filtered = np.roll(spec * soft, (-kr, -kc), axis=(0, 1))
-    field_ = np.fft.ifft2(np.fft.ifftshift(filtered))
     rows = np.arange(h)[:, None]
     cols = np.arange(w)[None, :]
-    rem_y, rem_x = cfy - kr / h, cfx - kc / w
-    field_ = field_ * np.exp(-2j * np.pi * (rem_x * cols + rem_y * rows))
     total_fx, total_fy = cfx, cfy
-    for _ in range(2):  # in-core phase gradient must vanish: remove the residual tilt
+    for _ in range(int(__import__('os').environ.get('NIT','4'))):
+        # a window off the true carrier biases the in-core gradient towards its centre, so
+        # re-centre the window on the refined carrier and repeat (converges geometrically)
+        field_ = _demodulate(spec, fx, fy, window, total_fx, total_fy, radius)
         gx = np.angle(np.sum(field_[:, 1:] * np.conj(field_[:, :-1]))) / (2 * np.pi)
         gy = np.angle(np.sum(field_[1:, :] * np.conj(field_[:-1, :]))) / (2 * np.pi)
-        field_ = field_ * np.exp(-2j * np.pi * (gx * cols + gy * rows))
         total_fx, total_fy = total_fx + gx, total_fy + gy
+        window = (fx - total_fx) ** 2 + (fy - total_fy) ** 2 <= radius**2
+        if np.hypot(gx, gy) < 1e-8:
+            break
+    field_ = _demodulate(spec, fx, fy, window, total_fx, total_fy, radius)
     inten = np.abs(field_) ** 2
     if core_centres_px is None:
         centres, info = locate_cores(inten, geometry, facet_um_per_px)

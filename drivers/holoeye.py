@@ -61,8 +61,20 @@ class PhaseLUT:
 
     def __call__(self, phase_rad: np.ndarray) -> np.ndarray:
         if self.table is None:
-            return phase_to_grey(phase_rad, self.two_pi_grey)
-        return self.table[phase_to_grey(phase_rad, 255)]
+            return _phase_to_grey_inplace(phase_rad, self.two_pi_grey)
+        return self.table[_phase_to_grey_inplace(phase_rad, 255)]
+
+
+def _phase_to_grey_inplace(phase_rad: np.ndarray, two_pi_grey: int) -> np.ndarray:
+    """Bit-identical to :func:`phase_to_grey` (same operations, same order) with one temporary
+    instead of four: halves the LUT time for a 1920x1080 float64 phase."""
+    n = int(two_pi_grey) + 1
+    t = np.mod(np.asarray(phase_rad, dtype=np.float64), 2 * np.pi)
+    t /= 2 * np.pi
+    t *= n
+    np.rint(t, out=t)
+    t[t >= n] = 0
+    return t.astype(np.uint8)
 
 
 def load_lut_file(path: str | Path) -> np.ndarray:

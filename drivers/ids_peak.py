@@ -101,7 +101,10 @@ class IDSPeakCamera(BaseDevice):
                     f"{self._label} ({descriptor.ModelName()}) is in use by another program "
                     "(IDS peak Cockpit, another mcf-rotator?); close it and retry"
                 )
-            self._device = descriptor.OpenDevice(peak.DeviceAccessType_Control)
+            try:
+                self._device = descriptor.OpenDevice(peak.DeviceAccessType_Control)
+            except peak.BadAccessException as exc:
+                raise DeviceBusyError(f"{self._label} is in use by another program ({exc}); close it and retry") from exc
             self.model_name = str(descriptor.ModelName())
             self.serial_number = str(descriptor.SerialNumber())
             self._nodes = self._device.RemoteDevice().NodeMaps()[0]
@@ -144,6 +147,10 @@ class IDSPeakCamera(BaseDevice):
         return float(node.Value())
 
     def _configure(self) -> None:
+        try:  # a crashed session may have left the transport-layer parameters locked
+            self._node("TLParamsLocked").SetValue(0)
+        except self._peak.Exception as exc:
+            log.debug("%s: TLParamsLocked not reset: %s", self.name, exc)
         try:  # start from the camera's default user set, as IDS samples do
             self._node("UserSetSelector").SetCurrentEntry("Default")
             self._node("UserSetLoad").Execute()
@@ -253,8 +260,6 @@ class IDSPeakCamera(BaseDevice):
             return exc
         peak = self._peak
         text = f"{self._label}: {doing} failed ({exc})"
-        if isinstance(exc, getattr(peak, "BadAccessException", ())):
-            return DeviceBusyError(f"{self._label} is in use by another program ({exc}); close it and retry")
         if isinstance(exc, getattr(peak, "NotFoundException", ())):
             return DeviceNotFoundError(text)
         if isinstance(exc, getattr(peak, "Exception", ())):
@@ -336,12 +341,24 @@ class IDSPeakCamera(BaseDevice):
             self._timeouts = 0
 
     def _stop_stream(self) -> None:
+        """Device-side stop, then host-side stream stop; each step runs even if an earlier one
+        failed (an unplugged camera rejects node access but the host stream must still stop)."""
         peak = self._peak
-        self._node("AcquisitionStop").Execute()
-        self._node("AcquisitionStop").WaitUntilDone()
-        self._stream.KillWait()
-        self._stream.StopAcquisition(peak.AcquisitionStopMode_Default)
-        self._node("TLParamsLocked").SetValue(0)
+        steps = [
+            lambda: self._node("AcquisitionStop").Execute(),
+            lambda: self._node("AcquisitionStop").WaitUntilDone(),
+            lambda: self._stream.KillWait(),
+            lambda: self._stream.StopAcquisition(peak.AcquisitionStopMode_Default),
+            lambda: self._node("TLParamsLocked").SetValue(0),
+        ]
+        first_error: BaseException | None = None
+        for step in steps:
+            try:
+                step()
+            except Exception as exc:  # noqa: BLE001 - reported after all steps ran
+                first_error = first_error or exc
+        if first_error is not None:
+            raise first_error
 
     def stop_acquisition(self) -> None:
         with self.lock:

@@ -64,6 +64,8 @@ def _qt() -> SimpleNamespace:
             self.setCursor(QtCore.Qt.CursorShape.BlankCursor)
             self.setAttribute(QtCore.Qt.WidgetAttribute.WA_OpaquePaintEvent, True)
             self.setAttribute(QtCore.Qt.WidgetAttribute.WA_NoSystemBackground, True)
+            # closing the main window must still quit the app while the SLM window is up
+            self.setAttribute(QtCore.Qt.WidgetAttribute.WA_QuitOnClose, False)
             self.setFocusPolicy(QtCore.Qt.FocusPolicy.NoFocus)
             self._on_closed = on_closed
             self.closing_by_driver = False

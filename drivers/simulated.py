@@ -20,7 +20,7 @@ from mcf_rotator.holography.mcf import grey_to_phase, phase_to_grey
 from mcf_rotator.simulation.hologram_camera import HologramOptics, render_hologram
 from mcf_rotator.simulation.world import SimulatedWorld
 
-__all__ = ["SimulatedCamera", "SimulatedSLM", "SimulatedTrap", "SimulatedCalibrationCamera"]
+__all__ = ["SimulatedCamera", "SimulatedSLM", "SimulatedTrap", "SimulatedCalibrationCamera", "SimulatedPump"]
 
 
 class _SimCameraBase(BaseDevice):
@@ -119,6 +119,7 @@ class _SimCameraBase(BaseDevice):
         due = self._pace_origin + self._pace_index / self._frame_rate_hz
         wait = due - now
         if wait > timeout_s:
+            time.sleep(max(timeout_s, 0.0))  # a real camera blocks for the timeout, then fails
             raise FrameTimeoutError(f"{self.name}: no frame within {timeout_s:.3f} s (next due in {wait:.3f} s)")
         if wait > 0:
             time.sleep(wait)
@@ -309,3 +310,40 @@ class SimulatedTrap(BaseDevice):
 
     def _disconnect(self) -> None:
         self.world.set_laser(False)  # a released laser is a safe laser
+
+
+class SimulatedPump(BaseDevice):
+    """Microfluidic pump (optional device): keeps its flow/running state and emits events.
+
+    The simulated world has one cell already in the trap, so the flow does not move it.
+    """
+
+    def __init__(self, world: SimulatedWorld, name: str = "simulated pump", flow_ul_min: float = 0.5) -> None:
+        super().__init__(name)
+        self.world = world
+        self._flow_ul_min = float(flow_ul_min)
+        self._running = False
+
+    @property
+    def flow_ul_min(self) -> float:
+        return self._flow_ul_min
+
+    @flow_ul_min.setter
+    def flow_ul_min(self, value: float) -> None:
+        if value < 0:
+            raise DeviceError(f"{self.name}: flow must be >= 0 ul/min, got {value}")
+        with self.lock:
+            self._set_property("flow_ul_min", float(value))
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    def set_running(self, running: bool) -> None:
+        with self.lock:
+            if running and not self._connected:
+                raise DeviceDisconnectedError(f"{self.name}: not connected (call connect() first)")
+            self._set_property("running", bool(running))
+
+    def _disconnect(self) -> None:
+        self._running = False

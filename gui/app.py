@@ -33,11 +33,15 @@ def build_controller(config_path: str | Path | None, simulate: bool, settings: A
     from mcf_rotator.config import load_config
     from mcf_rotator.controller import RigController
     from mcf_rotator.gui.user_settings import apply_device_modes
+    from mcf_rotator.rig import build_rig
 
     path = config_path if config_path is not None else settings.config_path
     config = load_config(path)
     config = apply_device_modes(config, settings, simulate=simulate)
-    return RigController(config)
+    # an operator watches in real time: pace the simulated world with the wall clock, so the
+    # camera runs at its frame rate and the pipeline takes the newest frames it can
+    rig = build_rig(config, realtime=True)
+    return RigController(config, rig=rig)
 
 
 def install_excepthook(window: Any) -> None:

@@ -232,30 +232,21 @@ def volume_voxel_um(config: RigConfig, pipeline: Any, recon: Any) -> float:
 
 
 def default_hologram_generator(config: RigConfig, geometry: Any) -> Any:
-    """CoreNet when its weights load, else weighted Gerchberg-Saxton (slower, no weights)."""
+    """CoreNet when its weights load for this fibre, else weighted Gerchberg-Saxton.
+
+    Weights come from ``config.paths.corenet_weights`` or the shipped default; weights
+    trained for another fibre are refused by CoreNet itself and we fall back to GS.
+    """
     try:
-        from mcf_rotator.holography.corenet import load_default_corenet
+        from mcf_rotator.holography.corenet import CoreNetHologramGenerator, load_default_corenet
 
-        gen = load_default_corenet(geometry) if _accepts_args(load_default_corenet) else load_default_corenet()
-        if hasattr(gen, "phases"):
-            return gen
-        from mcf_rotator.holography.corenet import CoreNetHologramGenerator
-
-        return CoreNetHologramGenerator(gen, geometry)
+        bundle = load_default_corenet(config.paths.corenet_weights)
+        return CoreNetHologramGenerator(bundle, geometry)
     except Exception as exc:  # noqa: BLE001 - any CoreNet problem falls back to GS
-        log.info("CoreNet unavailable (%s); using weighted GS holograms", exc)
+        log.warning("CoreNet unavailable (%s); using weighted GS holograms", exc)
     from mcf_rotator.holography.gs import GSHologramGenerator
 
     return GSHologramGenerator(geometry)
-
-
-def _accepts_args(fn: Callable[..., Any]) -> bool:
-    import inspect
-
-    try:
-        return bool(inspect.signature(fn).parameters)
-    except (TypeError, ValueError):
-        return False
 
 
 # ----------------------------------------------------------------------------- controller

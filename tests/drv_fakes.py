@@ -118,6 +118,7 @@ class FakeUEyeSystem:
         self.calls: list[str] = []
         self.violations: list[str] = []
         self.sdk_time_s = 0.0
+        self.fill_time_s = 0.0
         self._reset_camera()
 
     def _reset_camera(self) -> None:
@@ -408,7 +409,9 @@ def make_pyueye(system: FakeUEyeSystem) -> tuple[types.ModuleType, types.ModuleT
         s.frame_no += 1
         t_fill = time.perf_counter()
         _fill(s, i)
-        s.sdk_time_s -= time.perf_counter() - t_fill  # the sensor's work, not the SDK's
+        dt_fill = time.perf_counter() - t_fill
+        s.sdk_time_s -= dt_fill  # the sensor's work, not the SDK's
+        s.fill_time_s += dt_fill
         s.frame_time_last[i] = s.frame_no
         s.locked.add(i)
         pmem.value = ctypes.addressof(s.mems[i][0])
@@ -521,6 +524,15 @@ class FakePeakSystem:
         self.incomplete_next = 0
         self.violations: list[str] = []
         self.sdk_time_s = 0.0
+        self.fill_time_s = 0.0
+        self.fake_cameras: dict[str, Any] = {}
+
+    def replug(self, serial: str) -> None:
+        """Camera comes back power-cycled: default node values, no open handle."""
+        self.unplugged.pop(serial, None)
+        self.opened.discard(serial)
+        info = next(c for c in self.cameras if c["serial"] == serial)
+        self.fake_cameras[serial].__init__(info)
 
 
 def make_ids_peak(system: FakePeakSystem) -> tuple[types.ModuleType, types.ModuleType, types.ModuleType]:
@@ -775,7 +787,7 @@ def make_ids_peak(system: FakePeakSystem) -> tuple[types.ModuleType, types.Modul
             self.running = True
 
         def StopAcquisition(self, mode):
-            if self.cam.streaming:
+            if self.cam.streaming and not self.cam.gone:
                 S.violations.append("StopAcquisition on the stream before AcquisitionStop on the device")
             self.running = False
 
@@ -821,7 +833,9 @@ def make_ids_peak(system: FakePeakSystem) -> tuple[types.ModuleType, types.Modul
                 b.data[: w * h] = pat.astype(np.uint8).reshape(-1)
             else:
                 b.data[: 2 * w * h].view("<u2")[:] = pat.astype(np.uint16).reshape(-1)
-            S.sdk_time_s -= time.perf_counter() - t_fill  # sensor work, not SDK
+            dt_fill = time.perf_counter() - t_fill
+            S.sdk_time_s -= dt_fill  # sensor work, not SDK
+            S.fill_time_s += dt_fill
             b.w, b.h, b.fid = w, h, cam.frame_id
             b.ts = int(cam.frame_id * 1e9 / cam.nodes["AcquisitionFrameRate"]._v)
             b.incomplete = S.incomplete_next > 0

@@ -43,20 +43,21 @@ def _cell_visible(volume: np.ndarray) -> bool:
 def test_click_trap_rotate_reconstruct_shows_cell(sim_window, qtbot):
     win = sim_window
     assert win.banner.isVisible()
-    qtbot.waitUntil(lambda: win.live_view.last_index is not None, timeout=20000)
+    assert win.live_view.last_index is None  # the camera starts with the trap
     win.buttons["trap"].click()
     qtbot.waitUntil(lambda: win.buttons["rotate"].isEnabled(), timeout=60000)
+    qtbot.waitUntil(lambda: win.live_view.meter.count > 10, timeout=60000)
     win.buttons["rotate"].click()
     qtbot.waitUntil(lambda: win.buttons["reconstruct"].isEnabled() and _state(win) == "ROTATING", timeout=30000)
     win.buttons["reconstruct"].click()
     qtbot.waitUntil(lambda: win.volume_view.shown_version is not None, timeout=120000)
+    # the volume shown in napari (not just the controller's) must come to contain the cell
     qtbot.waitUntil(
-        lambda: win.volume_view.snapshot is not None and win.volume_view.snapshot.coverage_deg >= 180,
-        timeout=180000,
+        lambda: win.volume_view.snapshot is not None
+        and win.volume_view.snapshot.coverage_deg >= 180
+        and _cell_visible(win.volume_view.layer.data),
+        timeout=240000,
     )
-    win.volume_view.refresh()
-    snap = win.volume_view.snapshot
-    assert _cell_visible(snap.volume)
     layer = win.volume_view.layer
     assert layer.contrast_limits[1] > layer.contrast_limits[0]
     shot = win.volume_view.screenshot()

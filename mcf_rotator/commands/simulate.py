@@ -18,10 +18,15 @@ from __future__ import annotations
 import argparse
 import csv
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from mcf_rotator.errors import McfRotatorError, RecordingError
+
+if TYPE_CHECKING:  # heavy imports stay inside run() so `mcf-rotator --help` is fast
+    from mcf_rotator.config import RigConfig
+    from mcf_rotator.simulation.world import SimulatedWorld
 
 DEFAULT_FRAMES = 180
 
@@ -84,7 +89,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def simulate_stack(config, frames: int, degrees_per_frame: float, size: int, ideal: bool, progress=None):
+def simulate_stack(
+    config: RigConfig,
+    frames: int,
+    degrees_per_frame: float,
+    size: int,
+    ideal: bool,
+    progress: Callable[[int], object] | None = None,
+) -> tuple[np.ndarray, np.ndarray, float, SimulatedWorld]:
     """Render ``frames`` projections (T, size, size); returns (stack, true angles, pixel_um, world)."""
     from mcf_rotator.simulation.brightfield import CellInstance, render_scene
     from mcf_rotator.simulation.phantom import pose_matrix
@@ -167,24 +179,30 @@ def write_outputs(out: Path, stack: np.ndarray, pixel_um: float, truth_path: Pat
         raise RecordingError(f"cannot write simulation output next to {out}: {exc}") from exc
 
 
-def write_montage(path: Path, stack: np.ndarray, angles: np.ndarray, n: int = 12, cols: int = 4) -> None:
-    """PNG grid of ``n`` evenly spaced frames, each labelled with its true angle."""
+def write_montage(path: Path, stack: np.ndarray, angles: np.ndarray, n: int = 12, cols: int = 4,
+                  tile_px: int = 192) -> None:
+    """Grey PNG grid of ``n`` evenly spaced frames (``tile_px`` wide), each labelled with its
+    true angle; downsampled with area averaging so the file stays small."""
     import cv2
 
     idx = np.linspace(0, len(stack) - 1, min(n, len(stack))).round().astype(int)
-    frames = []
     lo, hi = np.percentile(stack[idx], 0.5), np.percentile(stack[idx], 99.5)
+    frames = []
     for i in idx:
-        img = stack[i].astype(np.float32)
-        img8 = np.clip((img - lo) / max(hi - lo, 1e-6) * 255, 0, 255).astype(np.uint8)
-        img8 = cv2.cvtColor(img8, cv2.COLOR_GRAY2BGR)
-        scale = max(0.35, img8.shape[1] / 256)
-        cv2.putText(img8, f"#{i}  {angles[i]:.1f} deg", (6, int(24 * scale)), cv2.FONT_HERSHEY_SIMPLEX,
-                    0.7 * scale, (0, 200, 255), max(1, int(round(2 * scale))), cv2.LINE_AA)
-        frames.append(img8)
+        img = np.clip((stack[i].astype(np.float32) - lo) / max(hi - lo, 1e-6) * 255, 0, 255).astype(np.uint8)
+        th = max(1, int(round(img.shape[0] * tile_px / img.shape[1])))
+        img = cv2.resize(img, (tile_px, th), interpolation=cv2.INTER_AREA)
+        font_scale = 0.5 * max(tile_px / 192, 0.6)
+        label = f"#{i}  {angles[i]:.1f} deg"
+        (tw, tht), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, font_scale, 1)
+        cv2.rectangle(img, (0, 0), (tw + 8, tht + base + 6), 0, -1)
+        cv2.putText(img, label, (4, tht + 3), cv2.FONT_HERSHEY_SIMPLEX, font_scale, 255, 1, cv2.LINE_AA)
+        img[:, -1] = 0  # tile separators
+        img[-1, :] = 0
+        frames.append(img)
     while len(frames) % cols:
         frames.append(np.zeros_like(frames[0]))
     rows = [np.hstack(frames[r : r + cols]) for r in range(0, len(frames), cols)]
     path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), np.vstack(rows)):
+    if not cv2.imwrite(str(path), np.vstack(rows), [cv2.IMWRITE_PNG_COMPRESSION, 9]):
         raise RecordingError(f"{path}: cannot write the montage PNG")

@@ -99,8 +99,8 @@ class TrapParameters:
     axis_tilt_deg: float = 1.0
     tilt_wobble_period_s: float = 23.0
     #: lateral restoring rate (1/s) per unit (power/nominal * efficiency)
-    lateral_stiffness_s: float = 8.0
-    lateral_brownian_um: float = 0.03
+    lateral_stiffness_s: float = 1.5
+    lateral_brownian_um: float = 0.08
     min_strength: float = 0.3
     escape_speed_um_s: float = 4.0
     capture_radius_um: float = 6.0

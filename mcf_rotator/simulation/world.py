@@ -8,8 +8,9 @@ both touch the world.
 Cost notes: the 1080x1920 SLM-to-core label map is built once; reading an SLM pattern uses
 the precomputed flat indices of the ~15k core pixels (~0.3 ms instead of ~10 ms), and the
 far field and its beam summary are cached until the SLM pattern or the fibre changes.
-If the config sets ``slm.grating_period_px``, the blazed carrier (angle 0) is removed
-before reading the per-core phases: only the first order couples into the cores.
+If the config sets ``slm.grating_period_px``, the blazed carrier (angle 0 unless
+``set_grating_angle``) is removed before reading the per-core phases: only the first order
+couples into the cores, and the modulus of each core's mean field is its coupling.
 """
 
 from __future__ import annotations
@@ -90,13 +91,23 @@ class SimulatedWorld:
         self._wall_start = time.monotonic()
 
     # ------------------------------------------------------------------ SLM side
-    def _grating_at_cores(self) -> np.ndarray | None:
+    def _grating_at_cores(self, angle_deg: float = 0.0) -> np.ndarray | None:
         period = self.config.slm.grating_period_px
         if not period:
             return None
         w = self.mapping.labels.shape[1]
-        cols = self._core_idx % w
-        return 2 * np.pi * cols / period
+        rows, cols = np.divmod(self._core_idx, w)
+        a = np.deg2rad(angle_deg)
+        return 2 * np.pi * (cols * np.cos(a) + rows * np.sin(a)) / period
+
+    def set_grating_angle(self, angle_deg: float) -> None:
+        """Direction of the blazed carrier the coupling optics pick (default 0: along rows).
+
+        Only used when ``config.slm.grating_period_px`` is set; a pattern with another
+        carrier couples poorly, as on the real bench.
+        """
+        with self.lock:
+            self._grating = self._grating_at_cores(angle_deg)
 
     def set_slm_phase(self, phase_image: np.ndarray, quantise_two_pi_grey: int | None = None) -> None:
         """The SLM shows ``phase_image`` (radians, SLM shape); per-core coupling is read once.
@@ -155,7 +166,12 @@ class SimulatedWorld:
             self._beam_cache = None
 
     def set_laser(self, enabled: bool, power_mw: float | None = None) -> None:
+        """Switch the trapping laser. Switching it on after a cell was lost puts a new cell
+        (the same phantom, so the ground truth stays valid) in the trap: the operator
+        flushes the next cell in before re-trapping, e.g. after a calibration."""
         with self.lock:
+            if enabled and not self.laser_enabled and self.trap.lost:
+                self.trap.reset(self.trap.theta_deg)
             self.laser_enabled = bool(enabled)
             if power_mw is not None:
                 self.power_mw = float(power_mw)
