@@ -241,7 +241,7 @@ def retrieve_phase(
     rows = np.arange(h)[:, None]
     cols = np.arange(w)[None, :]
     total_fx, total_fy = cfx, cfy
-    for _ in range(int(__import__('os').environ.get('NIT','4'))):
+    for _ in range(4):
         # a window off the true carrier biases the in-core gradient towards its centre, so
         # re-centre the window on the refined carrier and repeat (converges geometrically)
         field_ = _demodulate(spec, fx, fy, window, total_fx, total_fy, radius)
@@ -249,7 +249,7 @@ def retrieve_phase(
         gy = np.angle(np.sum(field_[1:, :] * np.conj(field_[:-1, :]))) / (2 * np.pi)
         total_fx, total_fy = total_fx + gx, total_fy + gy
         window = (fx - total_fx) ** 2 + (fy - total_fy) ** 2 <= radius**2
-        if np.hypot(gx, gy) < 1e-8:
+        if np.hypot(gx, gy) < 1e-6:
             break
     field_ = _demodulate(spec, fx, fy, window, total_fx, total_fy, radius)
     inten = np.abs(field_) ** 2

@@ -31,7 +31,6 @@ from mcf_rotator.errors import (
     DeviceNotFoundError,
     SDKNotFoundError,
 )
-from mcf_rotator.holography.mcf import phase_to_grey
 
 log = logging.getLogger(__name__)
 

@@ -162,9 +162,9 @@ def far_field_intensity(
 ) -> np.ndarray:
     """Far-field intensity (M, M) for per-core phases (N,) (or a batch (B, N) -> (B, M, M))."""
     phases = np.asarray(phases)
-    c = np.exp(1j * phases)
+    c = np.exp(1j * phases).astype(np.complex64)  # stay in the matrix's precision (5-20x faster)
     if amplitudes is not None:
-        c = c * amplitudes
+        c = c * amplitudes.astype(np.float32)
     e = c @ matrix.T
     m = int(round(np.sqrt(matrix.shape[0])))
     return (np.abs(e) ** 2).reshape(*phases.shape[:-1], m, m).astype(np.float32)

@@ -221,12 +221,14 @@ def train_detector(
     fraction: float = 1.0,
     cache: bool = True,
     progress: bool = True,
+    time_hours: float | None = None,
 ) -> Path:
     """Train (or fine-tune) the segmentation model; returns the path of the best weights.
 
     By default starts from the shipped weights (fine-tuning, as the seed paper did with its
     hand-labelled microscope images); ``from_scratch`` builds ``model_yaml`` instead, which
     never downloads anything. Run folders go to ``out_dir`` (a temp folder by default).
+    ``time_hours`` caps the training time; the epoch count is then re-planned to fit it.
     """
     data_yaml = resolve_dataset(data)
     if from_scratch:
@@ -269,6 +271,8 @@ def train_detector(
         cache="ram" if cache else False,
         verbose=False,
     )
+    if time_hours is not None:  # ultralytics re-plans the epochs (and LR schedule) to fit the time
+        args["time"] = float(time_hours)
     if lr0 is not None:
         args["lr0"] = float(lr0)
     if not from_scratch:  # fine-tuning: gentle start, no long warm-up

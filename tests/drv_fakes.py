@@ -490,14 +490,31 @@ def make_pyueye(system: FakeUEyeSystem) -> tuple[types.ModuleType, types.ModuleT
     return pkg, ue
 
 
+_BASES: dict[tuple, np.ndarray] = {}
+
+
+def _base(w: int, h: int, dtype: Any) -> np.ndarray:
+    """``(3 y + x)`` pattern, cached: per frame the fake sensor only adds an offset (cheap)."""
+    key = (w, h, np.dtype(dtype).str)
+    if key not in _BASES:
+        yy, xx = np.mgrid[0:h, 0:w]
+        _BASES[key] = ((yy * 3 + xx) % (np.iinfo(dtype).max + 1)).astype(dtype)
+    return _BASES[key]
+
+
+def write_pattern(out: np.ndarray, n: int, maxval: int) -> None:
+    """out = (3 y + x + 5 n) mod (maxval + 1); maxval + 1 is a power of two."""
+    h, w = out.shape
+    np.add(_base(w, h, out.dtype), (n * 5) % (maxval + 1), out=out, casting="unsafe")
+    if maxval != np.iinfo(out.dtype).max:
+        np.bitwise_and(out, maxval, out=out)
+
+
 def _fill(s: FakeUEyeSystem, i: int) -> None:
     buf, w, h, bpp, pitch = s.mems[i]
     raw = np.ctypeslib.as_array((ctypes.c_ubyte * (pitch * h)).from_address(ctypes.addressof(buf))).reshape(h, pitch)
-    pat = s.frame_pattern(s.frame_no, w, h)
-    if bpp == 8:
-        raw[:, :w] = pat.astype(np.uint8)
-    else:
-        raw[:, : 2 * w].view("<u2")[:] = pat
+    view = raw[:, :w] if bpp == 8 else raw[:, : 2 * w].view("<u2")
+    write_pattern(view, s.frame_no, _MAXVAL[s.color_mode])
 
 
 def install_pyueye(monkeypatch: Any, system: FakeUEyeSystem) -> types.ModuleType:
@@ -826,13 +843,9 @@ def make_ids_peak(system: FakePeakSystem) -> tuple[types.ModuleType, types.Modul
             cam.frame_id += 1
             t_fill = time.perf_counter()
             w, h = int(cam.nodes["Width"]._v), int(cam.nodes["Height"]._v)
-            yy, xx = np.mgrid[0:h, 0:w]
             maxv = {"Mono8": 255, "Mono10": 1023, "Mono12": 4095}[cam.nodes["PixelFormat"]._v]
-            pat = ((yy * 3 + xx + cam.frame_id * 5) % (maxv + 1))
-            if cam.bpp() == 1:
-                b.data[: w * h] = pat.astype(np.uint8).reshape(-1)
-            else:
-                b.data[: 2 * w * h].view("<u2")[:] = pat.astype(np.uint16).reshape(-1)
+            view = (b.data[: w * h] if cam.bpp() == 1 else b.data[: 2 * w * h].view("<u2")).reshape(h, w)
+            write_pattern(view, cam.frame_id, maxv)
             dt_fill = time.perf_counter() - t_fill
             S.sdk_time_s -= dt_fill  # sensor work, not SDK
             S.fill_time_s += dt_fill

@@ -158,7 +158,8 @@ def test_driver_overhead_per_frame(system, record_property):
     for _ in range(5):
         cam.read_frame(0.5)
     n = 100
-    bufs = [np.zeros(cam.shape, np.uint8) for _ in range(cam.n_buffers)]  # cache-cold like SDK buffers
+    # written (not lazily zero-mapped) and cache-cold, like the SDK's buffers
+    bufs = [np.full(cam.shape, k + 1, np.uint8) for k in range(cam.n_buffers)]
     results = []
     for _ in range(3):  # best of 3: the shared test machine is noisy
         t0 = time.perf_counter()

@@ -161,3 +161,15 @@ def test_on_screen_exact_and_latency_on_24bit_pluto_sized_display(tmp_path, reco
           f"(max {res['show_ms_max']:.1f}), of which LUT ~{res['show_ms_median'] - res['show_grey_ms_median']:.1f} ms; "
           f"show_grey median {res['show_grey_ms_median']:.1f} ms; from worker thread median {res['worker_show_ms_median']:.1f} ms "
           f"(max {res['worker_show_ms_max']:.1f}); grab {res['grab_ms_median']:.1f} ms")
+
+
+def test_monitor_removed_is_a_disconnect(slm, qapp):
+    errors = []
+    slm.events.error.connect(errors.append)
+    # what QGuiApplication.screenRemoved delivers when the SLM's HDMI cable is pulled
+    slm._on_screen_removed(qapp.primaryScreen())
+    assert len(errors) == 1 and "monitor disappeared" in errors[0]
+    with pytest.raises(DeviceDisconnectedError, match="monitor was disconnected"):
+        slm.show_grey(np.zeros(slm.shape, np.uint8))
+    slm.reconnect()
+    assert slm.is_connected
