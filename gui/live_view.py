@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 import numpy as np
 import pyqtgraph as pg
-from qtpy.QtCore import QRectF, Qt, QTimer
+from qtpy.QtCore import QObject, QRectF, Qt, QTimer, Signal
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 
 pg.setConfigOptions(imageAxisOrder="row-major", antialias=False)
@@ -180,14 +181,23 @@ class LiveView(QWidget):
             self.features_item.setData([], [])
 
 
+class _Delivery(QObject):
+    ready = Signal(object)
+
+
 class SmallImageView(QWidget):
-    """A pulled, slowly refreshed image (SLM grey levels, simulated far-field beam)."""
+    """A pulled, slowly refreshed image (SLM grey levels, simulated far-field beam).
+
+    The source may be expensive (the simulated SLM converts phase to grey levels on demand,
+    ~150 ms for 1920x1080), so it is called on a worker thread and only the downsampled
+    image is handed to the GUI thread. Hidden views are not refreshed.
+    """
 
     def __init__(
         self,
         source: Callable[[], np.ndarray | None],
         parent: QWidget | None = None,
-        hz: float = 5.0,
+        hz: float = 2.0,
         levels: tuple[float, float] | None = None,
         max_side: int = 480,
         colormap: str | None = None,
@@ -205,8 +215,12 @@ class SmallImageView(QWidget):
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(self.canvas)
-        self._last_id: int | None = None
         self.has_image = False
+        self._busy = False
+        self._last_id: int | None = None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="image-fetch")
+        self._delivery = _Delivery()
+        self._delivery.ready.connect(self._show)
         self.timer = QTimer(self)
         self.timer.setInterval(int(1000 / hz))
         self.timer.timeout.connect(self.refresh)
@@ -216,23 +230,31 @@ class SmallImageView(QWidget):
 
     def stop(self) -> None:
         self.timer.stop()
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
-    def refresh(self) -> None:
-        if not self.isVisible():
-            return  # hidden tab: do not compute (the simulated beam costs CPU)
+    def _fetch(self) -> None:
         try:
             img = self.source()
-        except Exception:
-            img = None
-        if img is None:
-            return
-        # the same array object twice means nothing changed: skip the upload
-        if id(img) == self._last_id:
-            return
-        self._last_id = id(img)
-        img = np.asarray(img)
-        step = max(1, int(np.ceil(max(img.shape[:2]) / self.max_side)))
-        if step > 1:
-            img = img[::step, ::step]
+            if img is not None and id(img) != self._last_id:
+                self._last_id = id(img)
+                img = np.asarray(img)
+                step = max(1, int(np.ceil(max(img.shape[:2]) / self.max_side)))
+                img = np.ascontiguousarray(img[::step, ::step]) if step > 1 else img.copy()
+                self._delivery.ready.emit(img)
+        except Exception:  # a failing preview is not worth an error: the controller reports device errors
+            pass
+        finally:
+            self._busy = False
+
+    def refresh(self) -> None:
+        if not self.isVisible() or self._busy:
+            return  # hidden tab (the simulated beam costs CPU) or previous fetch still running
+        self._busy = True
+        try:
+            self._pool.submit(self._fetch)
+        except RuntimeError:  # stopped
+            self._busy = False
+
+    def _show(self, img: np.ndarray) -> None:
         self.canvas.show_image(img, self.levels)
         self.has_image = True

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import pickle
 import time
 from dataclasses import dataclass
 from importlib import resources
@@ -104,8 +105,9 @@ class CoreNetBundle:
                 )
             net = CoreNet(d["n_inputs"], d["n_cores"], d["hidden"], d["depth"])
             net.load_state_dict({k: v.float() for k, v in d["state_dict"].items()})
-        except (RuntimeError, KeyError, EOFError, OSError, ValueError) as exc:
-            raise InputFileError(f"CoreNet weights {path}: cannot load ({exc})") from exc
+        except (RuntimeError, KeyError, EOFError, OSError, ValueError, TypeError, pickle.UnpicklingError) as exc:
+            # a truncated or foreign file: name it instead of a pickle traceback
+            raise InputFileError(f"CoreNet weights {path}: cannot load ({str(exc).splitlines()[0][:200]})") from exc
         net.eval()
         geometry = MCFGeometry(
             np.asarray(d["core_positions_um"], float), d["mode_field_diameter_um"], d["wavelength_um"], d["fibre_id"]
@@ -267,7 +269,7 @@ def train_corenet(
         loss.backward()
         opt.step()
         sched.step()
-        loss_v = float(loss)
+        loss_v = loss.item()
         if progress and (step % 100 == 0 or step == s.steps - 1):
             progress(step + 1, s.steps, loss_v)
     net = net.cpu().eval()

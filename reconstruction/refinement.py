@@ -1,139 +1,270 @@
 """Angle refinement from the mirror symmetry of parallel projections.
 
-The view at ``theta + 180`` is the view at ``theta`` mirrored about the projected rotation axis;
-the view at ``theta + 360`` is the same view. Matching the (mirrored) first projection against
-the sweep pins the frames at 180 and 360 deg to a fraction of a frame, and the registration
-that aligns ``fliplr(view_0)`` with the 180 deg view gives the axis: mirroring about a line at
-column ``(W-1)/2 + offset`` tilted by ``tilt`` equals ``fliplr`` followed by a shift of
-``2 * offset`` columns and an in-plane rotation by ``2 * tilt``. Between anchors the tracked
-angles are rescaled piecewise linearly (optical flow drifts; anchors do not).
+Why: optical-flow angles drift (features slide, a few percent of undercount is typical), but a
+parallel projection obeys an exact symmetry: the view at ``theta + 180`` is the view at
+``theta`` mirrored about the projected rotation axis. So every frame ``t`` of a sweep longer than
+180 deg has a partner ``t'`` (fractional, between two frames) with ``theta(t') - theta(t) = 180``.
+
+Steps (all on band-passed optical-depth crops, so the match is sharp):
+
+1. axis: the mirror line (column ``(W-1)/2 + offset``, in-plane ``tilt``) that best maps frames
+   onto their partners; mirroring about it is ``fliplr``, a shift of ``2 * offset`` columns and a
+   rotation by ``2 * tilt``;
+2. partners: for every frame, normalised cross-correlation of its mirror image with the frames
+   whose tracked angle lies near ``theta(t) + 180``; a parabola through the best three gives the
+   sub-frame position;
+3. time-warp: the tracked angles get a smooth correction (piecewise linear in the frame index,
+   least squares with a smoothness penalty) that satisfies all ``+180`` constraints. Errors that
+   repeat every 180 deg are invisible to the symmetry; the penalty leaves them to the tracker.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
-from scipy.optimize import minimize_scalar
 
 from mcf_rotator.errors import ReconstructionError
+
+__all__ = ["Refinement", "bandpass", "mirror_image", "find_partners", "estimate_axis", "warp_angles", "refine_angles"]
 
 
 @dataclass
 class Refinement:
+    """Refined angles (deg) and the rotation axis found by the mirror symmetry."""
+
     angles_deg: np.ndarray
     axis_offset_px: float
     tilt_deg: float
-    anchors: list[tuple[float, float]]  # (fractional frame index, angle deg)
-    match_error: float
+    anchors: list[tuple[float, float]]  # (frame, fractional partner frame) pairs 180 deg apart
+    match_error: float  # median 1 - NCC of the partner matches
+    scale: float = 1.0  # refined / tracked total rotation
+    info: dict = field(default_factory=dict)
 
 
-def _rotate(img: np.ndarray, deg: float, centre: tuple[float, float]) -> np.ndarray:
-    m = cv2.getRotationMatrix2D(centre, deg, 1.0)
-    return cv2.warpAffine(img, m, (img.shape[1], img.shape[0]), flags=cv2.INTER_LINEAR)
+def bandpass(images: np.ndarray, low: float = 1.0, high: float = 6.0) -> np.ndarray:
+    """Difference of Gaussians of each (H, W) image: keeps cell texture, drops noise and shading."""
+    a = np.asarray(images, np.float32)
+    out = np.empty_like(a)
+    for i, im in enumerate(a.reshape(-1, *a.shape[-2:])):
+        out.reshape(-1, *a.shape[-2:])[i] = cv2.GaussianBlur(im, (0, 0), low) - cv2.GaussianBlur(im, (0, 0), high)
+    return out
 
 
-def _shift_x(img: np.ndarray, dx: float) -> np.ndarray:
-    m = np.float32([[1, 0, dx], [0, 1, 0]])
-    return cv2.warpAffine(img, m, (img.shape[1], img.shape[0]), flags=cv2.INTER_LINEAR)
+def _reflection(shape: tuple[int, int], offset_px: float, tilt_deg: float) -> np.ndarray:
+    """2x3 affine map of the reflection about the axis line (its own inverse)."""
+    h, w = shape
+    t = np.deg2rad(tilt_deg)
+    p = np.array([[-np.cos(2 * t), -np.sin(2 * t)], [-np.sin(2 * t), np.cos(2 * t)]])
+    p0 = np.array([(w - 1) / 2.0 + offset_px, (h - 1) / 2.0])
+    return np.hstack([p, (p0 - p @ p0)[:, None]])
 
 
-def _err(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.mean((a - b) ** 2))
+def mirror_image(image: np.ndarray, offset_px: float = 0.0, tilt_deg: float = 0.0) -> np.ndarray:
+    """Mirror ``image`` about the rotation axis (column (W-1)/2 + offset, tilted as pose_matrix)."""
+    img = np.asarray(image, np.float32)
+    m = _reflection(img.shape, offset_px, tilt_deg)
+    return cv2.warpAffine(img, m, (img.shape[1], img.shape[0]), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                          borderMode=cv2.BORDER_REPLICATE)
 
 
-def register_mirror(ref: np.ndarray, view: np.ndarray, mirrored: bool = True) -> tuple[float, float, float]:
-    """Best (dx, rot_deg, error) aligning (mirrored) ``ref`` to ``view`` by x-shift + rotation."""
-    a = np.ascontiguousarray(ref[:, ::-1] if mirrored else ref, dtype=np.float32)
-    b = np.asarray(view, np.float32)
-    h, w = a.shape
-    centre = ((w - 1) / 2.0, (h - 1) / 2.0)
-    win = cv2.createHanningWindow((w, h), cv2.CV_32F)
-    dx = cv2.phaseCorrelate(a, b, win)[0][0]
-
-    def cost_rot(r: float) -> float:
-        return _err(_shift_x(_rotate(a, r, centre), dx), b)
-
-    rot = minimize_scalar(cost_rot, bounds=(-6, 6), method="bounded", options={"xatol": 0.02}).x
-    ar = _rotate(a, rot, centre)
-    dx = minimize_scalar(lambda d: _err(_shift_x(ar, d), b), bounds=(dx - 2, dx + 2), method="bounded",
-                         options={"xatol": 0.01}).x
-    return float(dx), float(rot), _err(_shift_x(ar, dx), b)
+def _normalise(images: np.ndarray) -> np.ndarray:
+    a = np.asarray(images, np.float64).reshape(len(images), -1)
+    a = a - a.mean(axis=1, keepdims=True)
+    return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
 
 
-def _subframe_min(errors: dict[int, float]) -> float:
-    """Fractional index of the minimum of a sampled error curve (parabola through 3 points)."""
-    k = min(errors, key=errors.get)
-    if k - 1 in errors and k + 1 in errors:
-        e0, e1, e2 = errors[k - 1], errors[k], errors[k + 1]
-        den = e0 - 2 * e1 + e2
-        if den > 0:
-            return k + float(np.clip(0.5 * (e0 - e2) / den, -0.5, 0.5))
+def _subframe(scores: np.ndarray, k: int) -> float:
+    """Parabolic peak position around index k of a sampled score curve."""
+    if 0 < k < scores.size - 1:
+        s0, s1, s2 = scores[k - 1], scores[k], scores[k + 1]
+        den = s0 - 2 * s1 + s2
+        if den < 0:
+            return k + float(np.clip(0.5 * (s0 - s2) / den, -0.5, 0.5))
     return float(k)
 
 
-def find_match(projections: np.ndarray, ref_index: int, target_deg: float, angles_deg: np.ndarray,
-               mirrored: bool, window_deg: float = 40.0) -> tuple[float, float]:
-    """Fractional frame index whose view matches (mirrored) frame ``ref_index``; and its error.
+def find_partners(
+    bp: np.ndarray, angles_deg: np.ndarray, offset_px: float, tilt_deg: float, search_deg: float = 12.0,
+    step: int = 1,
+) -> np.ndarray:
+    """(frame, partner frame (fractional), NCC) rows for frames that have a +180 deg partner.
 
-    Candidates: frames whose tracked angle lies within ``window_deg`` of ``target_deg``.
+    ``bp`` band-passed projections (T, H, W); ``angles_deg`` tracked angles (monotone, any sign).
+    Candidates lie within ``search_deg`` of the tracked ``theta(t) + 180``; a match at the edge
+    of the search window is rejected (the true one may lie outside).
     """
-    ref = projections[ref_index]
-    a = ref[:, ::-1] if mirrored else ref
-    cand = np.flatnonzero(np.abs(angles_deg - target_deg) <= window_deg)
-    if cand.size < 3:
-        raise ReconstructionError(f"no frames near {target_deg:.0f} deg to anchor the angle scale")
-    # coarse: mirrored ref shifted by phase correlation, mean squared error
-    errors: dict[int, float] = {}
-    win = cv2.createHanningWindow((a.shape[1], a.shape[0]), cv2.CV_32F)
-    a32 = np.ascontiguousarray(a, np.float32)
-    for i in cand:
-        b = np.asarray(projections[i], np.float32)
-        dx = cv2.phaseCorrelate(a32, b, win)[0][0]
-        errors[int(i)] = _err(_shift_x(a32, dx), b)
-    # the true match is a sharp dip (about one frame wide) on a broad background: rank frames by
-    # their error relative to the frames two steps away
-    dip = {i: errors[i] / (0.5 * (errors[i - 2] + errors[i + 2])) for i in errors if i - 2 in errors and i + 2 in errors}
-    if not dip:
-        raise ReconstructionError(f"too few frames near {target_deg:.0f} deg to anchor the angle scale")
-    k = min(dip, key=dip.get)
-    if k == cand[0] or k == cand[-1]:
-        raise ReconstructionError(f"the {target_deg:.0f} deg mirror match lies at the edge of the search window")
-    return _subframe_min({i: errors[i] for i in (k - 1, k, k + 1)}), errors[k]
-
-
-def refine_angles(projections: np.ndarray, angles_deg: np.ndarray, window_deg: float = 40.0) -> Refinement:
-    """Rescale tracked angles between mirror anchors; estimate axis offset and tilt.
-
-    ``projections`` (T, H, W) line integrals (-log I/I0) of a centred, fixed crop.
-    """
-    p = np.stack([cv2.GaussianBlur(np.asarray(v, np.float32), (0, 0), 1.0) for v in projections])
     a = np.asarray(angles_deg, np.float64)
-    sign = 1.0 if a[-1] >= a[0] else -1.0
-    s = a * sign
-    if s.max() < 180 - window_deg / 2:
-        raise ReconstructionError(f"angle coverage {s.max():.0f} deg is under 180 deg; cannot anchor the sweep")
-    anchors = [(0.0, 0.0)]
-    i180, e180 = find_match(p, 0, 180.0, s, True, window_deg)
-    anchors.append((i180, 180.0))
-    k = int(round(i180))
-    dx, rot, _ = register_mirror(p[0], p[k], True)
-    if s.max() >= 360 - window_deg / 4:
-        try:
-            i360, _ = find_match(p, 0, 360.0, s, False, window_deg)
-            if i360 > i180 + 1:
-                anchors.append((i360, 360.0))
-        except ReconstructionError:
-            pass
-    # piecewise linear map tracked -> refined through the anchors (extrapolate last segment)
-    idx = np.arange(len(s), dtype=np.float64)
-    tr_at = [np.interp(f, idx, s) for f, _ in anchors]
-    ref = np.array([v for _, v in anchors])
-    tr_at = np.array(tr_at)
-    out = np.interp(s, tr_at, ref)
-    lo, hi = s > tr_at[-1], s < tr_at[0]
-    slope = (ref[-1] - ref[-2]) / (tr_at[-1] - tr_at[-2])
-    out[lo] = ref[-1] + (s[lo] - tr_at[-1]) * slope
-    out[hi] = (s[hi] - tr_at[0]) * slope
-    return Refinement(out * sign, dx / 2.0, -rot / 2.0, anchors, e180)
+    sgn = 1.0 if a[-1] >= a[0] else -1.0
+    s = sgn * (a - a[0])
+    flat = _normalise(bp)
+    rows = []
+    for t in range(0, len(s), step):
+        target = s[t] + 180.0
+        if target > s[-1] - 0.5 * search_deg:
+            break
+        near = np.flatnonzero(np.abs(s - target) <= search_deg)
+        if near.size < 3:
+            continue
+        cand = np.arange(near[0], near[-1] + 1)  # contiguous even where noisy angles step back
+        m = _normalise(mirror_image(bp[t], offset_px, tilt_deg)[None])[0]
+        sc = flat[cand] @ m
+        k = int(np.argmax(sc))
+        if k == 0 or k == cand.size - 1:
+            continue
+        rows.append((t, cand[0] + _subframe(sc, k), float(sc[k])))
+    return np.array(rows, np.float64).reshape(-1, 3)
+
+
+def _interp_image(bp: np.ndarray, f: float) -> np.ndarray:
+    i = int(np.floor(f))
+    w = f - i
+    return bp[i] if w <= 0 or i + 1 >= len(bp) else (1 - w) * bp[i] + w * bp[i + 1]
+
+
+def estimate_axis(bp: np.ndarray, pairs: np.ndarray, offset0: float = 0.0, tilt0: float = 0.0,
+                  n_pairs: int = 24) -> tuple[float, float]:
+    """Axis (offset px, tilt deg) maximising the mirror NCC over the best ``n_pairs`` pairs.
+
+    Coordinate search (offset then tilt, shrinking steps) on the summed NCC with sub-frame
+    interpolated partners.
+    """
+    if len(pairs) == 0:
+        raise ReconstructionError("no mirror pairs to estimate the rotation axis")
+    best = pairs[np.argsort(-pairs[:, 2])[:n_pairs]]
+    idx = np.linspace(0, len(best) - 1, min(len(best), n_pairs)).astype(int)
+    sel = best[idx]
+    targets = _normalise(np.stack([_interp_image(bp, f) for f in sel[:, 1]]))
+    srcs = [bp[int(t)] for t in sel[:, 0]]
+
+    def score(off: float, tilt: float) -> float:
+        m = _normalise(np.stack([mirror_image(s, off, tilt) for s in srcs]))
+        return float(np.sum(m * targets))
+
+    off, tilt = offset0, tilt0
+    for d_off, d_tilt in ((1.0, 1.0), (0.25, 0.25), (0.06, 0.06)):
+        for _ in range(8):
+            moved = False
+            for do, dt in ((d_off, 0), (-d_off, 0), (0, d_tilt), (0, -d_tilt)):
+                if score(off + do, tilt + dt) > score(off, tilt) + 1e-9:
+                    off, tilt, moved = off + do, tilt + dt, True
+                    break
+            if not moved:
+                break
+    # sub-step: parabolas along each axis
+    for axis in (0, 1):
+        h = 0.06
+        pts = [(off - h, tilt), (off, tilt), (off + h, tilt)] if axis == 0 else [(off, tilt - h), (off, tilt), (off, tilt + h)]
+        s0, s1, s2 = (score(*p) for p in pts)
+        den = s0 - 2 * s1 + s2
+        if den < 0:
+            d = float(np.clip(0.5 * (s0 - s2) / den, -1, 1)) * h
+            off, tilt = (off + d, tilt) if axis == 0 else (off, tilt + d)
+    return off, tilt
+
+
+def warp_angles(angles_deg: np.ndarray, pairs: np.ndarray, knot_every: int = 8, smooth: float = 1.0,
+                period_deg: float = 180.0) -> np.ndarray:
+    """Tracked angles corrected by a smooth piecewise-linear warp so partners are 180 deg apart.
+
+    Unknowns: the correction ``e`` at knots every ``knot_every`` frames (``e(0) = 0``);
+    constraints ``e(t') - e(t) = 180 - (theta(t') - theta(t))`` for every pair, and a penalty
+    ``smooth * (e_{k+1} - e_k)`` on the correction's slope (trust the tracked increments locally).
+    """
+    a = np.asarray(angles_deg, np.float64)
+    n = a.size
+    sgn = 1.0 if a[-1] >= a[0] else -1.0
+    s = sgn * (a - a[0])
+    knots = np.arange(0, n - 1 + knot_every, knot_every, dtype=np.float64)
+    knots[-1] = max(knots[-1], n - 1)
+    nk = knots.size
+
+    def basis(f: np.ndarray) -> np.ndarray:
+        f = np.clip(np.asarray(f, np.float64), 0, knots[-1])
+        j = np.clip(np.searchsorted(knots, f, side="right") - 1, 0, nk - 2)
+        w = (f - knots[j]) / (knots[j + 1] - knots[j])
+        b = np.zeros((f.size, nk))
+        b[np.arange(f.size), j] = 1 - w
+        b[np.arange(f.size), j + 1] += w
+        return b
+
+    frames = np.arange(n, dtype=np.float64)
+    if len(pairs):
+        t, tp = pairs[:, 0], pairs[:, 1]
+        rows = basis(tp) - basis(t)
+        rhs = period_deg - (np.interp(tp, frames, s) - np.interp(t, frames, s))
+        wts = np.clip(pairs[:, 2], 0.05, 1.0) if pairs.shape[1] > 2 else np.ones(len(pairs))
+        rows, rhs = rows * wts[:, None], rhs * wts
+    else:
+        rows, rhs = np.zeros((0, nk)), np.zeros(0)
+    d = (np.eye(nk, k=1) - np.eye(nk))[:-1] * smooth
+    a_mat = np.vstack([rows, d])[:, 1:]  # e(0) = 0
+    b_vec = np.concatenate([rhs, np.zeros(nk - 1)])
+    e, *_ = np.linalg.lstsq(a_mat, b_vec, rcond=None)
+    corr = basis(frames) @ np.concatenate([[0.0], e])
+    out = s + corr
+    # keep it monotone: the cell does not reverse between frames unless the tracker says so
+    inc = np.diff(out)
+    tracked_inc = np.diff(s)
+    inc = np.where(np.sign(inc) == np.sign(tracked_inc), inc, 0.1 * tracked_inc)
+    out = np.concatenate([[0.0], np.cumsum(inc)])
+    return a[0] + sgn * out
+
+
+def centroid_axis(projections: np.ndarray) -> float:
+    """Coarse axis offset (px from the centre column): the mean mass centroid over the sweep.
+
+    The centroid of a parallel projection orbits the axis (``c + A cos(theta - phi)``), so its
+    average over the sweep is the axis to within a fraction of ``A``.
+    """
+    p = np.clip(np.asarray(projections, np.float64), 0, None)
+    w = p.shape[-1]
+    m0 = p.sum(axis=(1, 2))
+    cx = (p.sum(axis=1) @ np.arange(w)) / np.maximum(m0, 1e-12)
+    return float(np.mean(cx[m0 > 0]) - (w - 1) / 2.0) if np.any(m0 > 0) else 0.0
+
+
+def refine_angles(
+    projections: np.ndarray,
+    angles_deg: np.ndarray,
+    window_deg: float = 12.0,
+    offset0: float | None = None,
+    tilt0: float = 0.0,
+    iterations: int = 2,
+) -> Refinement:
+    """Refine tracked angles by the 180 deg mirror symmetry; estimate axis offset and tilt.
+
+    ``projections`` (T, H, W): line integrals (-log I/I0) of crops centred on the cell (the
+    axis near the centre column). Needs a sweep of at least 180 deg plus a few frames.
+    """
+    p = np.asarray(projections, np.float32)
+    a = np.asarray(angles_deg, np.float64)
+    if p.ndim != 3 or len(p) != a.size:
+        raise ReconstructionError(f"{a.size} angles for projections of shape {p.shape}")
+    cov = abs(a[-1] - a[0])
+    if cov < 180.0 + 0.5 * window_deg:
+        raise ReconstructionError(f"angle coverage {cov:.0f} deg is under 180 deg; no mirror partners")
+    bp = bandpass(p)
+    off = centroid_axis(p) if offset0 is None else float(offset0)
+    tilt = tilt0
+    # coarse axis on smoother images (the fine texture decorrelates a few pixels off the axis)
+    coarse = bandpass(p, 2.0, 8.0)
+    pairs = find_partners(coarse, a, off, tilt, window_deg, step=3)
+    if len(pairs) >= 3:
+        off, tilt = estimate_axis(coarse, pairs, off, tilt)
+    cur = a.copy()
+    pairs = np.zeros((0, 3))
+    for it in range(iterations):
+        pairs = find_partners(bp, cur, off, tilt, window_deg, step=1 if it == iterations - 1 else 3)
+        if len(pairs) < 3:
+            raise ReconstructionError("too few mirror partners found; is the sweep over 180 deg?")
+        off, tilt = estimate_axis(bp, pairs, off, tilt)
+        pairs = find_partners(bp, cur, off, tilt, window_deg)
+        if len(pairs) < 3:
+            raise ReconstructionError("too few mirror partners found after the axis fit")
+        cur = warp_angles(a, pairs)
+    err = float(np.median(1.0 - pairs[:, 2]))
+    scale = float((cur[-1] - cur[0]) / (a[-1] - a[0])) if a[-1] != a[0] else 1.0
+    anchors = [(float(t), float(tp)) for t, tp, _ in pairs]
+    return Refinement(cur, float(off), float(tilt), anchors, err, scale, {"n_pairs": len(pairs)})

@@ -31,14 +31,16 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from scipy.ndimage import gaussian_filter1d
 
 __all__ = [
     "TrackerConfig",
     "RotationTracker",
     "highpass_depth",
-    "factorize_orbits",
+    "slice_centroids",
+    "scale_search",
+    "fit_orbits",
     "estimate_tilt",
-    "angles_from_tracks",
 ]
 
 
@@ -46,22 +48,28 @@ __all__ = [
 class TrackerConfig:
     """Feature and window parameters (pixels of the tracked crop, degrees)."""
 
-    max_features: int = 160
-    min_features: int = 60
-    quality: float = 0.02
-    min_distance: int = 5
+    max_features: int = 200
+    min_features: int = 80
+    quality: float = 0.01
+    min_distance: int = 4
     block_size: int = 5
-    win_size: int = 13
+    win_size: int = 7
     levels: int = 2
-    fb_max_px: float = 0.4
-    highpass_sigma: float = 3.0
-    erode_frac: float = 0.12  # of the mask's equivalent radius
-    window_deg: float = 36.0  # angular span of a factorisation window
-    max_window: int = 80  # frames
-    min_window: int = 4
-    min_tracks: int = 8
-    max_residual_px: float = 0.8
-    redetect_every: int = 4
+    fb_max_px: float = 1.0
+    highpass_sigma: float = 2.0
+    erode_frac: float = 0.25  # of the mask's equivalent radius: off the limb and its halo
+    redetect_every: int = 3
+    band_px: int = 4  # rows per slice-centroid band
+    band_weight: float = 1.0
+    gate: float = 2.0  # drop tracks whose rms exceeds gate x median
+    huber_px: float = 0.7
+    min_span_deg: float = 5.0
+    centre_sigma: float = 0.0
+    refit_every: int = 16
+    live_window: int = 120
+    live_iters: int = 15
+    batch_iters: int = 100
+    scale_after_deg: float = 90.0  # nominal rotation before the live rate search
     nominal_step_deg: float = 1.0
     direction: int = 1
 
@@ -85,173 +93,223 @@ def _eroded(mask: np.ndarray, frac: float) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- geometry
-def factorize_orbits(u: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """Angles of T frames from K features on circular orbits about a common axis.
+def slice_centroids(depth: np.ndarray, mask: np.ndarray, band: int = 4, min_mass: float = 0.3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Optical-depth centroid of each band of ``band`` image rows inside the (dilated) cell mask.
 
-    ``u`` (K, T): positions across the rotation axis of the same K features in T frames.
-    Returns (theta (T,) radians with theta[0] = 0 and a positive net turn, orbit coefficients
-    (K, 2) = (p, q), per-feature rms residual (K,)), or None when the metric constraint has no
-    positive-definite solution (too little curvature, e.g. a window spanning a few degrees).
+    Why: the first moment of a parallel projection row is exactly ``M0 * (c + p cos + q sin)``
+    (Helgason-Ludwig), so each slice's centroid runs on an orbit like a point feature but never
+    slides, merges or gets lost. Returns (band index, centroid column, band centre row) for
+    bands holding at least ``min_mass`` of the heaviest band's mass.
     """
-    u = np.asarray(u, np.float64)
-    k, t = u.shape
-    if k < 3 or t < 3:
-        return None
-    uc = u - u.mean(axis=0, keepdims=True)
-    uu, s, vt = np.linalg.svd(uc, full_matrices=False)
-    a = uu[:, :2] * s[:2]
-    b = vt[:2]
-    design = np.stack([b[0] * b[0], 2 * b[0] * b[1], b[1] * b[1]], axis=1)
-    m, *_ = np.linalg.lstsq(design, np.ones(t), rcond=None)
-    mm = np.array([[m[0], m[1]], [m[1], m[2]]])
-    if m[0] <= 0 or np.linalg.det(mm) <= 0:
-        return None
-    g = np.linalg.cholesky(mm).T  # mm = g^T g
-    sc = g @ b
-    theta = np.unwrap(np.arctan2(sc[1], sc[0]))
-    theta -= theta[0]
-    pq = a @ np.linalg.inv(g)
-    if theta[-1] < 0:  # reflection: theta -> -theta, q -> -q
-        theta, pq = -theta, pq * np.array([1.0, -1.0])
-    model = pq[:, :1] * np.cos(theta) + pq[:, 1:] * np.sin(theta)
-    res = np.sqrt(np.mean((uc - model) ** 2, axis=1))
-    return theta, pq, res
+    d = np.asarray(depth, np.float32)
+    h, w = d.shape
+    nb = h // band
+    m = cv2.dilate(np.asarray(mask, np.uint8), np.ones((5, 5), np.uint8)) if mask is not None else np.ones_like(d, np.uint8)
+    rb = (d * m)[: nb * band].reshape(nb, band, w).sum(axis=1)
+    m0 = rb.sum(axis=1)
+    m1 = rb @ np.arange(w, dtype=np.float32)
+    ok = m0 > min_mass * max(float(m0.max()), 1e-12)
+    idx = np.flatnonzero(ok)
+    return idx, (m1[ok] / m0[ok]).astype(np.float64), idx * band + (band - 1) / 2.0
+
+
+def _fit_sinusoids(kk: np.ndarray, nk: int, theta: np.ndarray, u: np.ndarray) -> float:
+    """Residual sum of squares of per-track ``a + p cos + q sin`` fits (vectorised 3x3 solves)."""
+    cols = (np.ones_like(theta), np.cos(theta), np.sin(theta))
+    a = np.empty((nk, 3, 3))
+    b = np.empty((nk, 3))
+    for i in range(3):
+        b[:, i] = np.bincount(kk, cols[i] * u, nk)
+        for j in range(i, 3):
+            a[:, i, j] = a[:, j, i] = np.bincount(kk, cols[i] * cols[j], nk)
+    a += np.eye(3) * 1e-6
+    x = np.linalg.solve(a, b[..., None])[..., 0]
+    r = u - (x[kk, 0] + x[kk, 1] * cols[1] + x[kk, 2] * cols[2])
+    return float(r @ r)
+
+
+def scale_search(track: np.ndarray, frame: np.ndarray, u: np.ndarray, nominal_deg: np.ndarray,
+                 lo: float = 0.2, hi: float = 5.0, n: int = 161) -> float:
+    """Scale ``g`` of the angle trace ``g * nominal_deg`` that best explains all tracks as orbits.
+
+    A periodogram over the rotation rate: every track is fitted by ``a + p cos + q sin`` of the
+    scaled angles (its own centre, radius and phase) and the summed residual is minimised on a
+    log grid. Needs a sweep long enough to show the orbits' curvature (tens of degrees).
+    """
+    _, kk = np.unique(track, return_inverse=True)
+    nk = int(kk.max()) + 1 if kk.size else 0
+    nom = np.deg2rad(np.asarray(nominal_deg, np.float64))[frame]
+    grid = np.exp(np.linspace(np.log(lo), np.log(hi), n))
+    costs = [_fit_sinusoids(kk, nk, g * nom, u) for g in grid]
+    k = int(np.argmin(costs))
+    if 0 < k < n - 1:  # parabola in log-scale
+        c0, c1, c2 = costs[k - 1], costs[k], costs[k + 1]
+        den = c0 - 2 * c1 + c2
+        step = np.log(grid[1] / grid[0])
+        if den > 0:
+            return float(grid[k] * np.exp(np.clip(0.5 * (c0 - c2) / den, -0.5, 0.5) * step))
+    return float(grid[k])
+
+
+def fit_orbits(
+    track: np.ndarray,
+    frame: np.ndarray,
+    u: np.ndarray,
+    init_deg: np.ndarray,
+    weight: np.ndarray | None = None,
+    n_iter: int = 60,
+    gate: float = 2.0,
+    huber_px: float = 0.7,
+    min_span_deg: float = 5.0,
+    centre_sigma: float = 0.0,
+    v: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Joint robust fit of per-frame angles and axis column to orbit tracks.
+
+    Model ``u = c_t + p_k cos(theta_t) + q_k sin(theta_t)`` for observation (track k, frame t):
+    every track has its own orbit (p_k, q_k), every frame its angle and axis column (the axis is
+    shared, which is what fixes the angle scale). Alternates linear per-track orbit fits with a
+    per-frame Gauss-Newton step on (c_t, theta_t); tracks whose rms residual exceeds ``gate``
+    times the median are dropped (stuck on outlines, swapped granules), single observations are
+    Huber-weighted. ``centre_sigma`` > 0 smooths the axis column over time (frames).
+    With ``v`` (the coordinate along the axis of each observation) a small residual tilt of the
+    axis is fitted too (``u -> u + tilt * v``, radians; ``info["tilt_deg"]``): an unmodelled tilt
+    gives every track a constant offset and biases the angles.
+    Returns (angles deg with frame 0 = 0, axis column per frame, per-track info).
+    """
+    nt = len(init_deg)
+    uk, kk = np.unique(track, return_inverse=True)
+    nk = uk.size
+    th = np.deg2rad(np.asarray(init_deg, np.float64)).copy()
+    th -= th[0]
+    wk = np.ones(u.size) if weight is None else np.asarray(weight, np.float64)
+    cnt = np.bincount(frame, minlength=nt)
+    c = np.bincount(frame, u, nt) / np.maximum(cnt, 1)
+    if np.any(cnt == 0):
+        have = np.flatnonzero(cnt > 0)
+        c = np.interp(np.arange(nt), have, c[have]) if have.size else c
+    w_obs = wk.copy()
+    p = q = np.zeros(nk)
+    good = np.zeros(nk, bool)
+    tilt = 0.0
+    u0 = u
+    if v is not None:
+        vc = np.asarray(v, np.float64) - (np.bincount(frame, v, nt) / np.maximum(cnt, 1))[frame]
+    for it in range(n_iter):
+        u = u0 + tilt * v if v is not None else u0
+        cs, sn = np.cos(th[frame]), np.sin(th[frame])
+        y = u - c[frame]
+        a11 = np.bincount(kk, w_obs * cs * cs, nk)
+        a12 = np.bincount(kk, w_obs * cs * sn, nk)
+        a22 = np.bincount(kk, w_obs * sn * sn, nk)
+        b1 = np.bincount(kk, w_obs * cs * y, nk)
+        b2 = np.bincount(kk, w_obs * sn * y, nk)
+        n = np.bincount(kk, w_obs, nk)
+        det = a11 * a22 - a12 * a12
+        tmin = np.full(nk, np.inf)
+        tmax = np.full(nk, -np.inf)
+        np.minimum.at(tmin, kk, th[frame])
+        np.maximum.at(tmax, kk, th[frame])
+        ok = (np.rad2deg(tmax - tmin) >= min_span_deg) & (det > 1e-9 * n * n) & (n > 0)
+        safe = np.where(ok, det, 1.0)
+        p = np.where(ok, (a22 * b1 - a12 * b2) / safe, 0.0)
+        q = np.where(ok, (a11 * b2 - a12 * b1) / safe, 0.0)
+        r = y - p[kk] * cs - q[kk] * sn
+        rms = np.sqrt(np.bincount(kk, wk * r * r, nk) / np.maximum(np.bincount(kk, wk, nk), 1e-12))
+        med = float(np.median(rms[ok])) if ok.any() else 1.0
+        good = ok & (rms < max(gate * med, 0.2))
+        ar = np.abs(r)
+        w_obs = wk * np.where(ar < huber_px, 1.0, huber_px / np.maximum(ar, 1e-12)) * good[kk]
+        d = -p[kk] * sn + q[kk] * cs
+        s0 = np.bincount(frame, w_obs, nt)
+        s1 = np.bincount(frame, w_obs * d, nt)
+        s2 = np.bincount(frame, w_obs * d * d, nt)
+        r0 = np.bincount(frame, w_obs * r, nt)
+        r1 = np.bincount(frame, w_obs * d * r, nt)
+        dt = s0 * s2 - s1 * s1
+        okf = (s0 > 2) & (dt > 1e-9 * np.maximum(s0 * s2, 1e-12))
+        safe = np.where(okf, dt, 1.0)
+        c = c + np.where(okf, (s2 * r0 - s1 * r1) / safe, 0.0)
+        th = th + np.clip(np.where(okf, (s0 * r1 - s1 * r0) / safe, 0.0), -0.05, 0.05)
+        if centre_sigma > 0:
+            c = gaussian_filter1d(c, centre_sigma, mode="nearest")
+        th -= th[0]
+        if v is not None and it >= 2:
+            den = float(np.sum(w_obs * vc * vc))
+            if den > 0:
+                tilt -= float(np.clip(np.sum(w_obs * vc * r) / den, -0.01, 0.01))
+    return np.rad2deg(th), c, {"ids": uk, "p": p, "q": q, "good": good, "tilt_deg": float(np.rad2deg(tilt))}
 
 
 def estimate_tilt(uv: np.ndarray) -> tuple[float, float, float]:
-    """Sufficient statistics (sum du^2, sum du dv, n) for the in-plane axis tilt.
+    """Second moments (sum du^2, sum du dv, sum dv^2) of feature motion for the axis tilt.
 
     ``uv`` (K, T, 2): the same K features over T frames. Frame-to-frame motion, with the common
-    (lateral drift) part removed, runs along ``(cos tilt, sin tilt)``; ``tilt = atan2(sdudv, sdu2)``.
+    (lateral drift) part removed, runs along ``(cos tilt, sin tilt)``: ``tilt = atan2(suv, suu)``
+    (the vertical jitter of LK is larger than the horizontal one's effect on this slope).
     """
     d = np.diff(uv, axis=1)
     d = d - d.mean(axis=0, keepdims=True)
-    return float(np.sum(d[..., 0] ** 2)), float(np.sum(d[..., 0] * d[..., 1])), float(d.shape[0] * d.shape[1])
-
-
-def _window_start(births: np.ndarray, end: int, angles: np.ndarray, cfg: TrackerConfig) -> tuple[int, np.ndarray]:
-    """First frame of the window ending at ``end`` and the positions (in ``ids[end]``) of its tracks.
-
-    Grows backwards until it spans ``window_deg`` (by the current angle estimates), reaches
-    ``max_window`` frames, or fewer than ``min_tracks`` tracks cover it all.
-    """
-    order = np.sort(births)
-    s = end
-    lo = max(0, end - cfg.max_window + 1)
-    while s > lo:
-        cand = s - 1
-        n_cover = int(np.searchsorted(order, cand, side="right"))
-        if n_cover < cfg.min_tracks:
-            break
-        s = cand
-        if abs(angles[end] - angles[s]) >= cfg.window_deg:
-            break
-    return s, np.flatnonzero(births <= s)
-
-
-def _gather(frame_ids: list[np.ndarray], frame_pts: list[np.ndarray], ids: np.ndarray, s: int, e: int) -> np.ndarray:
-    """Positions (K, T, 2) of tracks ``ids`` (alive over frames s..e) from per-frame storage."""
-    out = np.empty((ids.size, e - s + 1, 2))
-    for j, f in enumerate(range(s, e + 1)):
-        out[:, j] = frame_pts[f][np.searchsorted(frame_ids[f], ids)]
-    return out
-
-
-def _solve_window(uv: np.ndarray, tilt_rad: float, cfg: TrackerConfig) -> tuple[np.ndarray, np.ndarray] | None:
-    """Angles (T,) of one window with robust rejection of features off their orbit; and the
-    boolean inlier mask over features."""
-    c, s = np.cos(tilt_rad), np.sin(tilt_rad)
-    u = c * uv[..., 0] + s * uv[..., 1]
-    keep = np.ones(u.shape[0], bool)
-    sol = None
-    for _ in range(3):
-        if keep.sum() < max(3, cfg.min_tracks // 2):
-            return None
-        sol = factorize_orbits(u[keep])
-        if sol is None:
-            return None
-        res = np.full(u.shape[0], np.inf)
-        res[keep] = sol[2]
-        med = float(np.median(sol[2]))
-        new = res < max(3.0 * med, 0.15)
-        new &= res < cfg.max_residual_px * 2
-        if new.sum() == keep.sum() and np.all(new == keep):
-            break
-        keep = new
-    if sol is None or keep.sum() < 3:
-        return None
-    return sol[0], keep
-
-
-def angles_from_tracks(
-    frame_ids: list[np.ndarray],
-    frame_pts: list[np.ndarray],
-    births: dict[int, int] | np.ndarray,
-    initial_deg: np.ndarray,
-    tilt_deg: float,
-    config: TrackerConfig | None = None,
-) -> np.ndarray:
-    """Batch angles (deg, cumulative, frame 0 = 0) from stored feature tracks.
-
-    Every frame ends one window (chosen with ``initial_deg``, e.g. the live estimates, to span
-    ``window_deg``); each window's factorised angles give increments for its consecutive frames;
-    the increment of a frame pair is the mean over all windows that contain it (sign of each
-    window from ``initial_deg``). Pairs that no window covers keep their initial increment.
-    """
-    cfg = config or TrackerConfig()
-    n = len(frame_ids)
-    init = np.asarray(initial_deg, np.float64)
-    acc = np.zeros(max(n - 1, 0))
-    cnt = np.zeros(max(n - 1, 0))
-    tilt = np.deg2rad(tilt_deg)
-    for e in range(cfg.min_window - 1, n):
-        ids_e = frame_ids[e]
-        if ids_e.size < cfg.min_tracks:
-            continue
-        b = np.array([births[int(i)] for i in ids_e]) if isinstance(births, dict) else births[ids_e]
-        s, sel = _window_start(b, e, init, cfg)
-        if e - s + 1 < cfg.min_window or sel.size < cfg.min_tracks:
-            continue
-        if abs(init[e] - init[s]) < 0.5 * cfg.window_deg and e - s + 1 < cfg.max_window:
-            continue  # too little curvature to fix the scale
-        out = _solve_window(_gather(frame_ids, frame_pts, ids_e[sel], s, e), tilt, cfg)
-        if out is None:
-            continue
-        th = np.rad2deg(out[0])
-        ref = init[s : e + 1] - init[s]
-        if float(th @ ref) < 0:
-            th = -th
-        acc[s:e] += np.diff(th)
-        cnt[s:e] += 1
-    inc = np.where(cnt > 0, acc / np.maximum(cnt, 1), np.diff(init) if n > 1 else acc)
-    return np.concatenate([[0.0], np.cumsum(inc)])
+    return float(np.sum(d[..., 0] ** 2)), float(np.sum(d[..., 0] * d[..., 1])), float(np.sum(d[..., 1] ** 2))
 
 
 # --------------------------------------------------------------------------- tracker
+def _observations(
+    frames: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
+    tilt_deg: float,
+    band_weight: float,
+    first: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Flatten stored frames into (track id, frame, u across the axis, v along it, weight) arrays.
+
+    LK tracks keep their (>= 0) ids, slice bands get ids ``-1 - band``. Positions are projected
+    on the normal of the (tilted) rotation axis: ``u = cos(tilt) x + sin(tilt) y``.
+    """
+    t = np.deg2rad(tilt_deg)
+    c, s = np.cos(t), np.sin(t)
+    ks, fs, us, vs, ws = [], [], [], [], []
+    for f, (ids, pts, bidx, bu, bv) in enumerate(frames[first:], start=0):
+        ks += [ids, -1 - bidx]
+        fs += [np.full(ids.size + bidx.size, f)]
+        us += [c * pts[:, 0] + s * pts[:, 1], c * bu + s * bv]
+        vs += [-s * pts[:, 0] + c * pts[:, 1], -s * bu + c * bv]
+        ws += [np.ones(ids.size), np.full(bidx.size, band_weight)]
+    if not ks:
+        z = np.zeros(0)
+        return z.astype(np.int64), z.astype(np.int64), z, z, z
+    return (np.concatenate(ks).astype(np.int64), np.concatenate(fs).astype(np.int64), np.concatenate(us),
+            np.concatenate(vs), np.concatenate(ws))
+
+
 class RotationTracker:
     """Per-frame cumulative signed angle of a rotating cell from crops and cell masks.
 
     ``update(crop, mask)`` takes the crop's intensity (any dtype, background > 0) and a bool
-    cell mask; it returns the live angle estimate (deg). :meth:`solve` re-estimates all
-    angles from all tracks with centred windows (better than the causal live estimates).
+    cell mask; it returns the live angle estimate (deg), refitted every ``refit_every`` frames
+    over the recent ``live_window`` frames. :meth:`solve` re-estimates all angles from all
+    tracks at once (better than the causal live estimates; the pipeline uses it at the end).
     """
 
     def __init__(self, config: TrackerConfig | None = None) -> None:
         self.cfg = config or TrackerConfig()
         self.angles_deg: list[float] = []
-        self.frame_ids: list[np.ndarray] = []
-        self.frame_pts: list[np.ndarray] = []
-        self.births: dict[int, int] = {}
-        self._birth_arr = np.zeros(0, np.int64)
+        # per frame: LK ids (sorted), LK xy (P, 2), band index, band centroid column, band row
+        self.frames: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
         self._prev: np.ndarray | None = None
         self._pts = np.zeros((0, 2), np.float32)
         self._ids = np.zeros(0, np.int64)
+        self._birth: list[int] = []
         self._next_id = 0
         self._gain: float | None = None
         self._i0: float | None = None
         self._tilt_stats = np.zeros(3)
         self._sign = 1.0 if self.cfg.direction >= 0 else -1.0
         self._step = self._sign * abs(self.cfg.nominal_step_deg)
+        self._scaled = False
+        self._models: dict[int, tuple[float, float]] = {}
+        self._centre: float | None = None
+        self._tilt_fit = 0.0
+        self.fit_tilt_deg = 0.0
 
     # ------------------------------------------------------------------ properties
     @property
@@ -262,24 +320,26 @@ class RotationTracker:
     @property
     def tilt_deg(self) -> float:
         """In-plane tilt of the rotation axis from the feature motion (deg, pose_matrix sign)."""
-        su2, suv, n = self._tilt_stats
-        return float(np.rad2deg(np.arctan2(suv, su2))) if n > 0 and su2 > 0 else 0.0
+        suu, suv, svv = self._tilt_stats
+        return float(np.rad2deg(np.arctan2(suv, suu))) if suu > 0 else 0.0
 
     @property
     def n_tracks(self) -> int:
         return self._next_id
 
     # ------------------------------------------------------------------ image
-    def _prepare(self, image: np.ndarray) -> np.ndarray:
+    def _prepare(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         img = np.asarray(image, np.float32)
         if self._i0 is None:
             h, w = img.shape
             b = max(1, min(4, min(h, w) // 8))
-            self._i0 = float(np.median(np.concatenate([img[:b].ravel(), img[-b:].ravel(), img[:, :b].ravel(), img[:, -b:].ravel()])))
-        hp = highpass_depth(img, self._i0, self.cfg.highpass_sigma)
+            edge = np.concatenate([img[:b].ravel(), img[-b:].ravel(), img[:, :b].ravel(), img[:, -b:].ravel()])
+            self._i0 = float(np.median(edge))
+        depth = -np.log(np.maximum(img, 0.5) * np.float32(1.0 / max(self._i0, 1e-6)))
+        hp = depth - cv2.GaussianBlur(depth, (0, 0), self.cfg.highpass_sigma)
         if self._gain is None:
             self._gain = 30.0 / max(float(np.std(hp)), 1e-4)
-        return cv2.convertScaleAbs(hp, alpha=self._gain, beta=128.0)
+        return depth, cv2.convertScaleAbs(hp, alpha=self._gain, beta=128.0)
 
     def _detect(self, img: np.ndarray, allowed: np.ndarray, frame: int) -> None:
         need = self.cfg.max_features - len(self._pts)
@@ -295,9 +355,7 @@ class RotationTracker:
         new = new.reshape(-1, 2).astype(np.float32)
         ids = np.arange(self._next_id, self._next_id + len(new))
         self._next_id += len(new)
-        for i in ids:
-            self.births[int(i)] = frame
-        self._birth_arr = np.concatenate([self._birth_arr, np.full(len(new), frame, np.int64)])
+        self._birth += [frame] * len(new)
         self._pts = np.concatenate([self._pts, new])
         self._ids = np.concatenate([self._ids, ids])
 
@@ -306,11 +364,13 @@ class RotationTracker:
         """Track one crop; returns the cumulative angle (deg) of this frame (live estimate)."""
         cfg = self.cfg
         frame = len(self.angles_deg)
-        img = self._prepare(image)
+        depth, img = self._prepare(image)
         if mask is None or not np.any(mask):
+            mask = None
             allowed = np.full(img.shape, 255, np.uint8)
         else:
             allowed = _eroded(mask, cfg.erode_frac) * np.uint8(255)
+        prev_pts, prev_ids = self._pts, self._ids
         if self._prev is not None and len(self._pts):
             lk = dict(winSize=(cfg.win_size, cfg.win_size), maxLevel=cfg.levels,
                       criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 20, 0.01))
@@ -325,64 +385,110 @@ class RotationTracker:
             yi = np.clip(np.rint(p1[:, 1]).astype(int), 0, h - 1)
             good &= allowed[yi, xi] > 0
             self._pts, self._ids = p1[good].astype(np.float32), self._ids[good]
-        elif self._prev is not None:
-            self._pts = np.zeros((0, 2), np.float32)
-        self.frame_ids.append(self._ids.copy())
-        self.frame_pts.append(self._pts.astype(np.float64))
+            if good.sum() >= 3:
+                self._tilt_stats += estimate_tilt(np.stack([prev_pts[good], self._pts], axis=1).astype(np.float64))
+        bidx, bu, bv = slice_centroids(depth, mask if mask is not None else np.ones(depth.shape, np.uint8), cfg.band_px)
+        self.frames.append((self._ids.copy(), self._pts.astype(np.float64), bidx, bu, bv))
         angle = self._live_angle(frame)
         self.angles_deg.append(angle)
         self._prev = img
         if frame == 0 or len(self._pts) < cfg.min_features or frame % cfg.redetect_every == 0:
             self._detect(img, allowed, frame)
-            # features found now are part of this frame (their track starts here)
-            self.frame_ids[-1] = self._ids.copy()
-            self.frame_pts[-1] = self._pts.astype(np.float64)
-        return angle
+            # features found now start their track in this frame
+            self.frames[-1] = (self._ids.copy(), self._pts.astype(np.float64), bidx, bu, bv)
+        if frame > 0 and frame % cfg.refit_every == 0:
+            self._refit(frame)
+        return self.angles_deg[-1]
 
     def _live_angle(self, e: int) -> float:
-        cfg = self.cfg
+        """Angle of frame ``e`` from the orbit models of the last refit (2x2 Gauss-Newton on
+        axis column and angle), else the previous step repeated."""
         if e == 0:
             return 0.0
-        prev = np.asarray(self.angles_deg + [self.angles_deg[-1] + self._step])
-        # tilt statistics from the last pair of frames
-        ids_e = self.frame_ids[e]
-        if ids_e.size >= 3:
-            b = self._birth_arr[ids_e]
-            pair = ids_e[b <= e - 1]
-            if pair.size >= 3:
-                uv = _gather(self.frame_ids, self.frame_pts, pair, e - 1, e)
-                self._tilt_stats += estimate_tilt(uv)
-        angle = prev[e]
-        if ids_e.size >= cfg.min_tracks:
-            s, sel = _window_start(self._birth_arr[ids_e], e, prev, cfg)
-            if e - s + 1 >= cfg.min_window and sel.size >= cfg.min_tracks:
-                uv = _gather(self.frame_ids, self.frame_pts, ids_e[sel], s, e)
-                out = _solve_window(uv, np.deg2rad(self.tilt_deg), cfg)
-                span_ok = abs(prev[e - 1] - prev[s]) >= 0.4 * cfg.window_deg or e - s + 1 >= cfg.max_window
-                if out is not None and span_ok:
-                    th = np.rad2deg(out[0])
-                    ref = prev[s:e] - prev[s]
-                    if float(th[:-1] @ ref) < 0 or (not np.any(ref) and self._sign * th[-1] < 0):
-                        th = -th
-                    off = float(np.mean(prev[s:e] - th[:-1]))
-                    cand = th[-1] + off
-                    step = cand - prev[e - 1]
-                    if np.sign(step) == self._sign or step == 0:
-                        angle = cand
-                    # drop tracks off their orbit (stuck on an outline, swapped granules)
-                    bad = ids_e[sel][~out[1]]
-                    if bad.size:
-                        keep = ~np.isin(self._ids, bad)
-                        self._pts, self._ids = self._pts[keep], self._ids[keep]
-        self._step = angle - prev[e - 1] if angle != prev[e - 1] else self._step
-        return float(angle)
+        guess = self.angles_deg[-1] + self._step
+        if not self._models or self._centre is None:
+            return guess
+        k, f, u, _v, w = _observations(self.frames[e:], self.tilt_deg, self.cfg.band_weight)
+        sel = np.array([int(i) in self._models for i in k], bool)
+        if sel.sum() < 4:
+            return guess
+        pq = np.array([self._models[int(i)] for i in k[sel]])
+        u, w = u[sel], w[sel]
+        th, c = np.deg2rad(guess), self._centre
+        for _ in range(4):
+            cs, sn = np.cos(th), np.sin(th)
+            r = u - c - pq[:, 0] * cs - pq[:, 1] * sn
+            ww = w * np.where(np.abs(r) < self.cfg.huber_px, 1.0, self.cfg.huber_px / np.maximum(np.abs(r), 1e-9))
+            d = -pq[:, 0] * sn + pq[:, 1] * cs
+            a = np.array([[ww.sum(), ww @ d], [ww @ d, ww @ (d * d)]])
+            if np.linalg.det(a) <= 1e-9 * max(a[0, 0] * a[1, 1], 1e-12):
+                return guess
+            dc, dth = np.linalg.solve(a, [ww @ r, ww @ (d * r)])
+            c, th = c + dc, th + float(np.clip(dth, -0.1, 0.1))
+        angle = float(np.rad2deg(th))
+        step = angle - self.angles_deg[-1]
+        if self._sign * step < 0 or abs(step) > 4 * max(abs(self._step), 0.5):
+            return guess
+        self._step, self._centre = step, c
+        return angle
+
+    def _refit(self, e: int) -> None:
+        """Refit orbits and angles over the recent window (warm start); scale search once the
+        live trace spans enough rotation to show the orbits' curvature."""
+        cfg = self.cfg
+        s = max(0, e - cfg.live_window + 1)
+        live = np.asarray(self.angles_deg[s : e + 1], np.float64)
+        k, f, u, v, w = _observations(self.frames[s : e + 1], self.tilt_deg, cfg.band_weight)
+        if u.size < 10:
+            return
+        if not self._scaled and abs(live[-1] - live[0]) >= cfg.scale_after_deg:
+            g = scale_search(k, f, u, live - live[0], 0.25, 4.0, 97)
+            allang = np.asarray(self.angles_deg, np.float64) * g
+            self.angles_deg = list(allang)
+            live = allang[s : e + 1]
+            self._step *= g
+            self._scaled = True
+        if not self._scaled:
+            return
+        th, c, info = fit_orbits(k, f, u, live - live[0], w, n_iter=cfg.live_iters, gate=cfg.gate,
+                                 huber_px=cfg.huber_px, min_span_deg=cfg.min_span_deg, centre_sigma=cfg.centre_sigma, v=v)
+        self._tilt_fit = self.tilt_deg + info["tilt_deg"]
+        new = live[0] + th
+        if self._sign * (new[-1] - new[0]) < 0:
+            return  # a fit gone backwards: keep the live trace
+        self.angles_deg[s : e + 1] = list(new)
+        if e - s >= 1:
+            self._step = float(new[-1] - new[-2])
+        self._centre = float(c[-1])
+        good = info["good"]
+        self._models = {int(i): (float(p), float(q)) for i, p, q, g in zip(info["ids"], info["p"], info["q"], good) if g}
 
     # ------------------------------------------------------------------ batch
-    def solve(self, passes: int = 2) -> np.ndarray:
-        """All angles (deg) re-estimated from all tracks with windows chosen on the live angles."""
-        ang = np.asarray(self.angles_deg, np.float64)
-        if ang.size < 2:
+    def observations(self, tilt_deg: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """All stored observations as (track id, frame, u across the axis, v along it, weight)."""
+        return _observations(self.frames, self.tilt_deg if tilt_deg is None else tilt_deg, self.cfg.band_weight)
+
+    def solve(self, tilt_deg: float | None = None, init_deg: np.ndarray | None = None) -> np.ndarray:
+        """All angles (deg, frame 0 = 0) from all tracks: rate search, then the joint orbit fit.
+
+        ``tilt_deg`` overrides the tracker's own axis tilt (e.g. the mirror estimate);
+        ``init_deg`` the live angles as the starting trace.
+        """
+        cfg = self.cfg
+        ang = np.asarray(self.angles_deg if init_deg is None else init_deg, np.float64)
+        if ang.size < 3:
             return ang
-        for _ in range(passes):
-            ang = angles_from_tracks(self.frame_ids, self.frame_pts, self._birth_arr, ang, self.tilt_deg, self.cfg)
-        return ang
+        k, f, u, v, w = self.observations(tilt_deg)
+        if init_deg is None:
+            # rate search on a uniform trace (robust), not on the live trace (may be off locally)
+            trace = np.arange(ang.size) * (ang[-1] - ang[0]) / max(ang.size - 1, 1)
+            if not np.any(trace):
+                trace = np.arange(ang.size) * self._sign * abs(cfg.nominal_step_deg)
+            g = scale_search(k, f, u, trace, 0.2, 5.0, 161)
+            ang = trace * g
+        th, _c, info = fit_orbits(k, f, u, ang, w, n_iter=cfg.batch_iters, gate=cfg.gate, huber_px=cfg.huber_px,
+                                  min_span_deg=cfg.min_span_deg, centre_sigma=cfg.centre_sigma, v=v)
+        self.fit_tilt_deg = (self.tilt_deg if tilt_deg is None else tilt_deg) + info["tilt_deg"]
+        if self._sign * th[-1] < 0:
+            th = -th
+        return th

@@ -66,7 +66,8 @@ class YoloCellDetector:
 
     ``conf`` is the operating threshold (precision/recall in the README are at this value);
     ``imgsz`` the network input for full frames (letterboxed, aspect kept); ``segment_imgsz``
-    the input for :meth:`segment` crops. ``threads`` pins torch's CPU threads (ultralytics
+    the input for :meth:`segment` crops. ``refine_masks`` re-segments each detected cell in a
+    crop at ``segment_imgsz`` (finer outlines, one more network call per cell). ``threads`` pins torch's CPU threads (ultralytics
     otherwise resets them on its first call).
     """
 
@@ -80,6 +81,7 @@ class YoloCellDetector:
         segment_imgsz: int = 256,
         threads: int | None = None,
         retina_masks: bool = True,
+        refine_masks: bool = False,
     ) -> None:
         self.weights = Path(weights) if weights is not None else default_weights_path()
         self.imgsz = int(imgsz)
@@ -88,12 +90,13 @@ class YoloCellDetector:
         self.iou = float(iou)
         self.max_det = int(max_det)
         self.retina_masks = bool(retina_masks)
+        self.refine_masks = bool(refine_masks)
         self.threads = threads
         self.model = _load_yolo(self.weights, threads)
         self._warm = False
 
     # ------------------------------------------------------------------ inference
-    def _predict(self, image: np.ndarray, imgsz: int, conf: float) -> Any:
+    def _predict(self, image: np.ndarray, imgsz: int, conf: float, retina: bool | None = None) -> Any:
         bgr = cv2.cvtColor(to_uint8(image), cv2.COLOR_GRAY2BGR)
         res = self.model.predict(
             bgr,
@@ -101,7 +104,7 @@ class YoloCellDetector:
             conf=conf,
             iou=self.iou,
             max_det=self.max_det,
-            retina_masks=self.retina_masks,
+            retina_masks=self.retina_masks if retina is None else retina,
             device="cpu",
             verbose=False,
             save=False,
@@ -123,7 +126,8 @@ class YoloCellDetector:
         image = np.asarray(image)
         if image.ndim != 2:
             raise ValueError(f"detect() expects a 2D grey frame, got shape {image.shape}")
-        res = self._predict(image, self.imgsz, self.conf if conf is None else conf)
+        # boxes only: skip the full-resolution mask upsampling
+        res = self._predict(image, self.imgsz, self.conf if conf is None else conf, None if with_masks else False)
         if res.boxes is None or len(res.boxes) == 0:
             return []
         boxes = res.boxes.xyxy.cpu().numpy().astype(np.float64)
@@ -139,7 +143,24 @@ class YoloCellDetector:
         for i in order:
             x0, y0, x1, y1 = boxes[i]
             box = (float(max(0.0, x0)), float(max(0.0, y0)), float(min(w, x1)), float(min(h, y1)))
-            out.append(Detection(box=box, score=float(scores[i]), mask=None if masks is None else masks[i]))
+            mask = None if masks is None else masks[i]
+            if mask is not None and self.refine_masks:
+                mask = self._refined_mask(image, box, mask)
+            out.append(Detection(box=box, score=float(scores[i]), mask=mask))
+        return out
+
+    def _refined_mask(self, image: np.ndarray, box: tuple[float, float, float, float], coarse: np.ndarray) -> np.ndarray:
+        """Re-segment one cell in a crop with a 25 % margin; keep the coarse mask if that fails."""
+        h, w = image.shape
+        x0, y0, x1, y1 = box
+        m = 0.25 * max(x1 - x0, y1 - y0)
+        c0, r0 = int(max(0, x0 - m)), int(max(0, y0 - m))
+        c1, r1 = int(min(w, x1 + m + 1)), int(min(h, y1 + m + 1))
+        sub = self.segment(image[r0:r1, c0:c1])
+        if not sub.any():
+            return coarse
+        out = np.zeros((h, w), bool)
+        out[r0:r1, c0:c1] = sub
         return out
 
     def segment(self, crop: np.ndarray) -> np.ndarray:
@@ -267,17 +288,20 @@ def train_detector(
         hsv_h=0.0,
         hsv_s=0.0,
         close_mosaic=max(1, int(epochs) // 5),
+        # one optimizer step per batch: ultralytics' default (accumulate to 64 images) leaves
+        # a short CPU run with a handful of steps, all inside the 100-iteration warm-up
+        nbs=int(batch),
+        warmup_epochs=0.0,
         fraction=float(fraction),
         cache="ram" if cache else False,
         verbose=False,
     )
     if time_hours is not None:  # ultralytics re-plans the epochs (and LR schedule) to fit the time
         args["time"] = float(time_hours)
-    if lr0 is not None:
-        args["lr0"] = float(lr0)
-    if not from_scratch:  # fine-tuning: gentle start, no long warm-up
-        args.setdefault("lr0", 0.002)
-        args["warmup_epochs"] = min(1.0, float(epochs) / 4)
+    # AdamW at 0.002 is what ultralytics' "auto" picks for short runs; fine-tuning starts gentler
+    # (with "auto" ultralytics would ignore lr0)
+    args["optimizer"] = "AdamW"
+    args["lr0"] = float(lr0) if lr0 is not None else (0.002 if from_scratch else 0.0005)
     try:
         model.train(**args)
     except (FileNotFoundError, RuntimeError) as exc:

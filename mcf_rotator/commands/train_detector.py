@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--weights", type=Path, default=None, help="weights to fine-tune (default: the shipped ones)")
     p.add_argument("--from-scratch", action="store_true", help="train a new yolo11n-seg from its yaml")
-    p.add_argument("--lr0", type=float, default=None, help="initial learning rate (default 0.002 fine-tune, 0.01 scratch)")
+    p.add_argument("--lr0", type=float, default=None, help="initial learning rate (AdamW; default 0.0005 fine-tune, 0.002 from scratch)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
     p.add_argument("--generate", type=int, default=0, metavar="N", help="first write N synthetic frames into --data")
     p.add_argument("--seed", type=int, default=0, help="seed for --generate and training")
