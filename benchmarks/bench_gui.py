@@ -65,10 +65,18 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=20.0, help="measurement time while reconstructing")
     ap.add_argument("--json", type=Path, default=None)
-    ap.add_argument("--screenshot", type=Path, default=None, help="save the main window here at the end")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary run folder (recording, volume)")
+    ap.add_argument("--screenshot", type=Path, default=None, help="save the main window here mid-reconstruction")
+    ap.add_argument("--wizard-screenshot", type=Path, default=None,
+                    help="first calibrate with the wizard on the idle rig and save it showing the Fourier plane")
     args = ap.parse_args(argv)
     xvfb = _ensure_display()
-    os.environ.setdefault("MCF_ROTATOR_SETTINGS", str(Path(tempfile.mkdtemp()) / "gui_settings.json"))
+    work = Path(tempfile.mkdtemp(prefix="bench-gui-"))
+    os.environ.setdefault("MCF_ROTATOR_SETTINGS", str(work / "gui_settings.json"))
+    screenshots = [p.resolve() if p else None for p in (args.screenshot, args.wizard_screenshot)]
+    args.screenshot, args.wizard_screenshot = screenshots
+    args.json = args.json.resolve() if args.json else None
+    os.chdir(work)  # recordings and calibration records of the benchmark run land here
     try:
         from qtpy.QtWidgets import QApplication
 
@@ -100,6 +108,20 @@ def main(argv: list[str] | None = None) -> int:
             return state_name(win.controller.state)
 
         pump(2.0)
+        if args.wizard_screenshot:
+            wiz = win.open_calibration_wizard()
+            for _ in range(2):
+                pump(30, lambda: wiz.currentPage().isComplete())
+                wiz.next()
+            pump(30, lambda: wiz.currentPage().isComplete())
+            pump(0.5)
+            wiz.grab().save(str(args.wizard_screenshot))
+            while wiz.nextId() != -1:
+                pump(30, lambda: wiz.currentPage().isComplete())
+                wiz.next()
+            pump(30, lambda: wiz.currentPage().isComplete())
+            wiz.accept()
+            pump(1.0)
         win.buttons["trap"].click()
         if not pump(60, lambda: state() == "TRAPPING" and win.buttons["rotate"].isEnabled()):
             print(f"trap did not reach TRAPPING (state {state()})")
@@ -112,9 +134,13 @@ def main(argv: list[str] | None = None) -> int:
         mon = StallMonitor()
         mon.timer.start()
         c0 = win.live_view.meter.count
-        cam0 = win.controller.stats()
         t0 = time.perf_counter()
-        pump(args.seconds)
+        if args.screenshot:
+            pump(args.seconds / 2)
+            win.grab().save(str(args.screenshot))
+            pump(args.seconds / 2)
+        else:
+            pump(args.seconds)
         t1 = time.perf_counter()
         mon.timer.stop()
         drawn = win.live_view.meter.count - c0
@@ -143,9 +169,6 @@ def main(argv: list[str] | None = None) -> int:
             "targets_met": view_fps >= 25 and max(other, default=0.0) <= 0.25,
             "platform": QApplication.platformName(),
         }
-        _ = cam0
-        if args.screenshot:
-            win.grab().save(str(args.screenshot))
         win.close()
         app.processEvents()
         print(json.dumps(result, indent=2))
@@ -153,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
             args.json.write_text(json.dumps(result, indent=2))
         return 0 if result["targets_met"] else 1
     finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
         if xvfb is not None:
             xvfb.terminate()
             xvfb.wait(5)

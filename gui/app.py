@@ -93,6 +93,10 @@ def run_app(config_path: str | Path | None = None, simulate: bool = False) -> in
         else:
             QMessageBox.critical(None, "mcf-rotator", str(exc))
         return 2
+    previous_hook = sys.excepthook
     install_excepthook(window)
     window.show()
-    return int(app.exec())
+    try:
+        return int(app.exec())
+    finally:
+        sys.excepthook = previous_hook

@@ -104,6 +104,7 @@ class MainWindow(QMainWindow):
         self._closed = False
         self.error_count = 0
         self.wizard: Any = None
+        self._calibration_steps: Any = None
         cfg = getattr(controller, "config", None)
         if simulated is None:
             simulated = bool(getattr(cfg, "is_simulated", False))
@@ -192,6 +193,8 @@ class MainWindow(QMainWindow):
         split.setStretchFactor(0, 3)
         split.setStretchFactor(1, 3)
         split.setStretchFactor(2, 2)
+        split.setSizes([620, 560, 420])
+        left.setSizes([520, 240])
         self.setCentralWidget(central)
 
         self.log_panel = LogPanel(self)
@@ -407,7 +410,7 @@ class MainWindow(QMainWindow):
         QTimer.singleShot(20000, lambda: self.statusBar().setStyleSheet(""))
 
     def _on_finished(self, result: Any) -> None:
-        self.volume_view.refresh(force=True)
+        self.volume_view.refresh(force=True, full_resolution=True)
         self.log_panel.append("INFO", "reconstruction finished; use File > Save to export")
         self.statusBar().showMessage("Reconstruction finished", 10000)
 
@@ -477,29 +480,44 @@ class MainWindow(QMainWindow):
 
     def open_calibration_wizard(self) -> Any:
         """Open the calibration wizard (non-modal); errors building it go to the log."""
-        from mcf_rotator.gui.wizard import CalibrationWizardDialog, make_calibration_steps
+        from mcf_rotator.gui.wizard import CalibrationWizardDialog, default_calibration_path
 
         if self.wizard is not None and self.wizard.isVisible():
             self.wizard.raise_()
             return self.wizard
-        try:
-            steps = make_calibration_steps(self.controller)
-        except Exception as exc:
-            self.show_error(f"calibration wizard unavailable: {exc}")
+        steps = self._calibration("the calibration wizard")
+        if steps is None:
             return None
-        self.wizard = CalibrationWizardDialog(steps, self)
+        self.wizard = CalibrationWizardDialog(steps, self, save_path=default_calibration_path(self.controller))
         self.wizard.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         self.wizard.destroyed.connect(lambda *_: setattr(self, "wizard", None))
         self.wizard.finished.connect(lambda _r: self.drift_bar.setVisible(False) if self.wizard and self.wizard.saved else None)
         self.wizard.show()
         return self.wizard
 
+    def _calibration(self, what: str) -> Any:
+        """The (cached) calibration steps; only while the rig is idle (the trap must be off)."""
+        from mcf_rotator.gui.wizard import make_calibration_steps
+
+        if state_name(self._current_state()) not in ("IDLE", "ERROR"):
+            self.show_error(f"{what} needs an idle rig: stop the run first")
+            return None
+        if self._calibration_steps is None:
+            try:
+                self._calibration_steps = make_calibration_steps(self.controller)
+            except Exception as exc:
+                self.show_error(f"{what} is unavailable: {exc}")
+                return None
+        return self._calibration_steps
+
     def check_drift(self) -> Any:
         """Run the drift check; a failure suggests the wizard ("fibre re-bent?")."""
-        from mcf_rotator.gui.wizard import drift_ok, make_calibration_steps
+        from mcf_rotator.gui.wizard import drift_ok
 
+        steps = self._calibration("the drift check")
+        if steps is None:
+            return None
         try:
-            steps = make_calibration_steps(self.controller)
             report = steps.drift_check()
         except Exception as exc:
             self.show_error(f"drift check failed to run: {exc}")

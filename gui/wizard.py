@@ -9,8 +9,11 @@ freezes; its result comes back through a queued Qt signal.
 
 from __future__ import annotations
 
+import inspect
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,7 +38,7 @@ STEPS: list[tuple[str, str, str, tuple[str, ...]]] = [
      ("fourier_plane", "detect_carrier", "fourier")),
     ("phases", "Per-core phase map",
      "Phase retrieved inside every core; the correction is its negative.",
-     ("retrieve_phases", "phase_map", "retrieve")),
+     ("per_core_phase_map", "retrieve_phases", "phase_map", "retrieve")),
     ("apply", "Apply correction",
      "The per-core correction is added to every hologram sent to the SLM.",
      ("apply", "apply_correction")),
@@ -48,23 +51,96 @@ STEPS: list[tuple[str, str, str, tuple[str, ...]]] = [
      ("save", "save_record")),
 ]
 
+#: steps whose method takes the file to save to
+NEEDS_PATH = {"save"}
+
 
 def make_calibration_steps(controller: Any) -> Any:
-    """The steps object for this rig: the controller's, or one built from its rig."""
+    """The steps object for this rig: the controller's, or one built from its rig's devices.
+
+    The calibration camera and SLM are opened here when the rig is idle (the controller
+    releases its devices between runs); the correction is installed through
+    ``controller.set_calibration`` so the next run uses it.
+    """
     for name in ("calibration_wizard", "make_calibration_wizard", "calibration_steps"):
         fn = getattr(controller, name, None)
         if callable(fn):
             return fn()
-    from mcf_rotator.calibration.wizard import CalibrationWizard  # noqa: WPS433
+    from mcf_rotator.calibration.wizard import CalibrationWizard
 
     rig = getattr(controller, "rig", None)
     if rig is None:
         raise RuntimeError("the controller has no rig to calibrate")
-    cam = getattr(rig, "calibration_camera", None) or getattr(rig, "camera", None)
+    cam = getattr(rig, "calibration_camera", None)
+    if cam is None:
+        raise RuntimeError("this rig has no calibration camera configured")
     world = getattr(rig, "world", None)
     geometry = getattr(rig, "geometry", None) or getattr(world, "geometry", None)
     mapping = getattr(rig, "mapping", None) or getattr(world, "mapping", None)
-    return CalibrationWizard(rig.slm, cam, geometry, mapping)
+    if geometry is None or mapping is None:
+        raise RuntimeError("the fibre geometry / SLM mapping of this rig is unknown")
+    cfg = getattr(controller, "config", None)
+    steps = CalibrationWizard(
+        rig.slm,
+        cam,
+        geometry,
+        mapping,
+        on_apply=getattr(controller, "set_calibration", None),
+        previous=getattr(controller, "calibration", None),
+        grating_period_px=getattr(getattr(cfg, "slm", None), "grating_period_px", None),
+    )
+    return RigCalibration(steps, rig)
+
+
+class RigCalibration:
+    """Calibration mode on an idle rig: SLM, calibration camera and laser on, and off again.
+
+    Delegates every step to the wrapped ``CalibrationWizard``; only the device bookkeeping
+    the controller does for runs is repeated here (the MCF must be lit to see fringes).
+    """
+
+    def __init__(self, steps: Any, rig: Any) -> None:
+        self.steps = steps
+        self.rig = rig
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.steps, name)
+
+    def _devices_on(self) -> None:
+        for dev in (self.rig.slm, self.rig.calibration_camera, self.rig.trap):
+            if not dev.is_connected:
+                dev.connect()
+        if not self.rig.trap.enabled:
+            self.rig.trap.set_enabled(True)
+
+    def enter_calibration_mode(self) -> Any:
+        self._devices_on()
+        return self.steps.enter_calibration_mode()
+
+    def drift_check(self, *args: Any, **kwargs: Any) -> Any:
+        self._devices_on()
+        try:
+            return self.steps.drift_check(*args, **kwargs)
+        finally:
+            self.leave_calibration_mode()
+
+    def leave_calibration_mode(self) -> None:
+        """Laser off and the calibration camera released (the next run reconnects what it needs)."""
+        try:
+            if self.rig.trap.is_connected and self.rig.trap.enabled:
+                self.rig.trap.set_enabled(False)
+            cam = self.rig.calibration_camera
+            if cam.is_connected and getattr(cam, "is_acquiring", False):
+                cam.stop_acquisition()
+        except Exception as exc:  # noqa: BLE001 - reported, never fatal
+            log.warning("leaving calibration mode: %s", exc)
+
+
+def default_calibration_path(controller: Any) -> Path:
+    """Where the wizard saves: the config's calibration_dir, else <output_dir>/calibration."""
+    paths = getattr(getattr(controller, "config", None), "paths", None)
+    base = getattr(paths, "calibration_dir", None) or Path(getattr(paths, "output_dir", ".")) / "calibration"
+    return Path(base) / time.strftime("calibration-%Y%m%d-%H%M%S.json")
 
 
 def drift_ok(report: Any) -> tuple[bool, str]:
@@ -75,11 +151,13 @@ def drift_ok(report: Any) -> tuple[bool, str]:
     ok = get("ok", None)
     if ok is None:
         ok = get("passed", None)
-    if ok is None and get("needs_calibration", None) is not None:
-        ok = not get("needs_calibration")
-    residual = get("residual_rad", None)
-    if residual is None:
-        residual = get("rms_rad", None)
+    for key in ("needs_recalibration", "needs_calibration"):
+        if ok is None and get(key, None) is not None:
+            ok = not get(key)
+    residual = None
+    for key in ("residual_rms_rad", "residual_rad", "rms_rad"):
+        if residual is None:
+            residual = get(key, None)
     text = f"residual {float(residual):.2f} rad rms" if residual is not None else "see log"
     return bool(ok), text
 
@@ -120,10 +198,23 @@ def _summary(data: Any) -> str:
 
 IMAGE_KEYS: dict[str, tuple[str, ...]] = {
     "hologram": ("image", "hologram", "frame"),
-    "fourier": ("log_spectrum", "spectrum", "fourier", "image", "magnitude"),
+    "fourier": ("spectrum_log", "log_spectrum", "spectrum", "fourier", "image", "magnitude"),
     "phases": ("phase_map", "phase_image", "image", "correction_map"),
     "verify": ("residual_map", "phase_map", "image"),
 }
+
+
+def carrier_xy(result: Any) -> tuple[float, float] | None:
+    """Carrier position in spectrum pixels as (x, y): ``sideband_px`` is (row, col),
+    ``carrier_px`` is (x, y)."""
+    get = result.get if isinstance(result, dict) else (lambda k, d=None: getattr(result, k, d))
+    rc = get("sideband_px", None)
+    if rc is not None and len(rc) == 2:
+        return float(rc[1]), float(rc[0])
+    xy = get("carrier_px", None)
+    if xy is not None and len(xy) == 2:
+        return float(xy[0]), float(xy[1])
+    return None
 
 
 class _Relay(QObject):
@@ -197,26 +288,34 @@ class StepPage(QWizardPage):
                 self.image_item.setColorMap(pg.colormap.get("CET-C1"))  # cyclic map for phases
             self.image_item.setImage(img, levels=(lo, hi if hi > lo else lo + 1), autoLevels=False)
             self.viewbox.autoRange(padding=0)
-        carrier = None
         if self.key == "fourier":
-            carrier = result.get("carrier_px") if isinstance(result, dict) else getattr(result, "carrier_px", None)
-            if carrier is None:
-                carrier = result.get("carrier") if isinstance(result, dict) else getattr(result, "carrier", None)
-        if carrier is not None and len(carrier) == 2:
-            self.marker.setData([float(carrier[0])], [float(carrier[1])])
+            xy = carrier_xy(result)
+            if xy is not None:
+                self.marker.setData([xy[0]], [xy[1]])
         self.status.setText(_summary(result))
 
     def isComplete(self) -> bool:  # noqa: N802 - Qt API
         return self._done
 
 
+def _takes_argument(fn: Any) -> bool:
+    try:
+        params = [p for p in inspect.signature(fn).parameters.values() if p.default is inspect.Parameter.empty
+                  and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        return False
+    return bool(params)
+
+
 class CalibrationWizardDialog(QWizard):
     """Walks the operator through a per-core phase calibration (non-modal)."""
 
-    def __init__(self, steps: Any, parent: QWidget | None = None) -> None:
+    def __init__(self, steps: Any, parent: QWidget | None = None, save_path: str | Path | None = None) -> None:
         super().__init__(parent)
         self.steps = steps
         self.saved = False
+        self.save_path = Path(save_path) if save_path is not None else Path("calibration.json")
+        self.saved_to: Any = None
         self.setWindowTitle("Calibration wizard - per-core phase (off-axis holography)")
         self.setObjectName("calibrationWizard")
         self.setWizardStyle(QWizard.WizardStyle.ClassicStyle)
@@ -250,7 +349,11 @@ class CalibrationWizardDialog(QWizard):
             try:
                 if fn is None:
                     raise RuntimeError(f"calibration step '{key}' is not available ({' / '.join(names)})")
-                res = fn()
+                if key in NEEDS_PATH and _takes_argument(fn):
+                    self.save_path.parent.mkdir(parents=True, exist_ok=True)
+                    res = fn(self.save_path)
+                else:
+                    res = fn()
             except Exception as exc:  # shown on the page
                 relay.done.emit(key, None, exc)
                 return
@@ -264,10 +367,11 @@ class CalibrationWizardDialog(QWizard):
             page.finish(result, exc)
         if key == "save" and exc is None:
             self.saved = True
+            self.saved_to = result
 
     def _shutdown(self, *_: Any) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
-        leave = getattr(self.steps, "leave_calibration_mode", None) or getattr(self.steps, "finish", None)
+        leave = getattr(self.steps, "leave_calibration_mode", None)
         if callable(leave):
             try:
                 leave()

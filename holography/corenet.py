@@ -211,6 +211,9 @@ class TrainSettings:
     hidden: int = 256
     depth: int = 2
     efficiency_weight: float = 0.5
+    #: weight of the second-moment (orientation/elongation) mismatch: the trap torque follows the
+    #: beam's moment ellipse, which correlation alone pins only loosely
+    moment_weight: float = 0.0
     major_px: tuple[float, float] = (3.0, 9.0)
     minor_px: tuple[float, float] = (1.8, 6.0)
     max_offset_px: float = 2.0
@@ -256,6 +259,7 @@ def train_corenet(
     rows, cols = np.nonzero(mask)
     coords = torch.from_numpy(np.stack([cols - (grid.size - 1) / 2, -(rows - (grid.size - 1) / 2)], 1).astype(np.float32))
     layer = FarFieldLayer(far_field_matrix(geometry, grid), mask).to(device)
+    coords_dev = coords.to(device)
     net = CoreNet(int(mask.sum()), geometry.n_cores, s.hidden, s.depth).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=s.lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=s.lr, total_steps=s.steps, pct_start=0.1)
@@ -264,7 +268,7 @@ def train_corenet(
     for step in range(s.steps):
         target = random_ellipse_batch(coords, s.batch, s, gen).to(device)
         c, sn = net(target)
-        loss = hologram_loss(layer(c, sn), target, s.efficiency_weight)
+        loss = hologram_loss(layer(c, sn), target, s.efficiency_weight, s.moment_weight, coords_dev)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -282,5 +286,7 @@ def train_corenet(
         "major_px": list(s.major_px),
         "minor_px": list(s.minor_px),
         "max_offset_px": s.max_offset_px,
+        "efficiency_weight": s.efficiency_weight,
+        "moment_weight": s.moment_weight,
     }
     return CoreNetBundle(net, geometry, grid, info)

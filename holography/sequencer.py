@@ -220,6 +220,8 @@ class RotationDriver:
         self._shown_step: int | None = None
         self._shown_angle: float | None = None
         self._frames = 0
+        self._last_write_t = -float("inf")
+        self._min_gap_s = 1.0 / max(float(getattr(slm, "refresh_rate_hz", 60.0)), 1e-3)
         self._paused = False
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -311,7 +313,13 @@ class RotationDriver:
                 self._shown_angle = quantised
             return
         image = self.sequencer.phase_image(angle)
+        # a slow hologram (cache miss, loaded CPU) must not lead to back-to-back writes: keep at
+        # least one refresh period between two patterns, as the SLM cannot show them faster
+        wait = self._min_gap_s - (time.monotonic() - self._last_write_t)
+        if not force and wait > 0 and self._stop.wait(wait):
+            return
         self.slm.show_phase(image)
+        self._last_write_t = time.monotonic()
         with self._lock:
             self._shown_step = step
             self._shown_angle = quantised

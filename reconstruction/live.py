@@ -7,6 +7,7 @@ the angles by mirror symmetry and runs the batch weighted FBP on the stored proj
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,11 +19,60 @@ from mcf_rotator.errors import ReconstructionError
 from mcf_rotator.reconstruction.detection import ClassicalDetector, Detector, to_gray_float
 from mcf_rotator.reconstruction.fbp import fbp
 from mcf_rotator.reconstruction.incremental import IncrementalReconstructor, VolumeSnapshot
-from mcf_rotator.reconstruction.refinement import refine_angles
+from mcf_rotator.reconstruction.refinement import Refinement, refine_angles
 from mcf_rotator.reconstruction.segmentation import ClassicalSegmenter, Segmenter, border_level, enclosing_circle, outer_contour
-from mcf_rotator.reconstruction.tracking import RotationTracker, TrackerConfig
+from mcf_rotator.reconstruction.tracking import RotationTracker, TrackerConfig, scale_search
 
-__all__ = ["LivePipelineConfig", "FrameResult", "ReconstructionResult", "LivePipeline", "VolumeSnapshot"]
+__all__ = ["LivePipelineConfig", "FrameResult", "ReconstructionResult", "LivePipeline", "VolumeSnapshot",
+           "estimate_angles"]
+
+
+def estimate_angles(
+    tracker: RotationTracker,
+    projections: np.ndarray,
+    smooth: float = 100.0,
+    rounds: int = 2,
+) -> tuple[np.ndarray, Refinement | None, dict[str, Any]]:
+    """Angles of a finished sweep: track fit and mirror symmetry, alternated.
+
+    1. rate: periodogram of all orbit tracks over a uniform trace (robust to a wrong nominal
+       step); 2. mirror refinement of that trace (axis offset, tilt, 180 deg partners);
+    3. ``rounds`` x (joint orbit fit of all tracks started from the refined angles with the
+    mirror tilt, then mirror refinement again). Sweeps under 180 deg skip the mirror steps.
+    ``projections`` (T, H, W) line integrals of the same frames the tracker saw.
+    Returns (angles deg, last refinement or None, info).
+    """
+    n = len(tracker.angles_deg)
+    info: dict[str, Any] = {"flags": []}
+    live = np.asarray(tracker.angles_deg, np.float64)
+    k, f, u, _v, _w = tracker.observations()
+    sign = 1.0 if tracker.cfg.direction >= 0 else -1.0
+    trace = sign * np.arange(n, dtype=np.float64)
+    if u.size < 10:
+        info["flags"].append("too few feature observations; angles from the live estimate")
+        return live, None, info
+    g = scale_search(k, f, u, trace, 0.1, 10.0, 241)
+    info["rate_deg_per_frame"] = g
+    ang = trace * g
+    ref: Refinement | None = None
+    try:
+        ref = refine_angles(projections, ang, smooth=smooth)
+        ang = ref.angles_deg
+    except ReconstructionError as exc:
+        info["flags"].append(f"mirror refinement skipped: {exc}")
+    for _ in range(rounds):
+        fit = tracker.solve(tilt_deg=ref.tilt_deg if ref else None, init_deg=ang)
+        if ref is None:
+            ang = fit
+            break
+        try:
+            ref = refine_angles(projections, fit, offset0=ref.axis_offset_px, tilt0=ref.tilt_deg, smooth=smooth)
+            ang = ref.angles_deg
+        except ReconstructionError as exc:
+            info["flags"].append(f"mirror refinement failed on the fitted angles: {exc}")
+            ang = fit
+            break
+    return ang - ang[0], ref, info
 
 
 @dataclass
@@ -35,6 +85,7 @@ class LivePipelineConfig:
     nominal_step_deg: float = 1.0
     filter_name: str = "ramp"
     refine: bool = True
+    smooth: float = 100.0  # angular-acceleration penalty of the final angles (0: none)
     min_frames: int = 20
     detector: Detector | None = None
     segmenter: Segmenter | None = None
@@ -56,7 +107,7 @@ class FrameResult:
 class ReconstructionResult:
     volume: np.ndarray  # (H, D, W) float32
     angles_deg: np.ndarray
-    axis_offset_px: float
+    axis_offset_px: float  # reconstruction-grid pixels (report["axis_offset_px"]: camera pixels)
     tilt_deg: float
     report: dict[str, Any]
 
@@ -68,8 +119,8 @@ class LivePipeline:
         self.cfg = config or LivePipelineConfig()
         self.detector = self.cfg.detector or ClassicalDetector(cell_px=self.cfg.cell_px)
         self.segmenter = self.cfg.segmenter or ClassicalSegmenter()
-        tc = self.cfg.tracker
-        tc.direction, tc.nominal_step_deg = self.cfg.direction, self.cfg.nominal_step_deg
+        tc = dataclasses.replace(self.cfg.tracker, direction=self.cfg.direction,
+                                 nominal_step_deg=self.cfg.nominal_step_deg)
         self.tracker = RotationTracker(tc)
         n = self.cfg.volume_size
         self.recon = IncrementalReconstructor((n, n), filter_name=self.cfg.filter_name)
@@ -115,16 +166,22 @@ class LivePipeline:
         cx, cy, r = enclosing_circle(contour)
         if self._i0 is None:
             self._i0 = border_level(crop)
-        u8 = np.clip(crop * (200.0 / max(self._i0, 1e-6)), 0, 255).astype(np.uint8)
-        angle = self.tracker.update(u8, mask)
         n = self.cfg.volume_size
-        small = cv2.resize(crop, (n, n), interpolation=cv2.INTER_AREA) if crop.shape[0] != n else crop
+        if crop.shape[0] != n:
+            small = cv2.resize(crop, (n, n), interpolation=cv2.INTER_AREA)
+            small_mask = cv2.resize(mask.astype(np.uint8), (n, n), interpolation=cv2.INTER_NEAREST).astype(bool)
+        else:
+            small, small_mask = crop, mask
+        # the tracker works on the reconstruction grid: the same pixels the refinement and the
+        # back-projection see, and 4x fewer than a 256 px crop
+        angle = self.tracker.update(small, small_mask)
         proj = -np.log(np.clip(small / self._i0, 1e-3, None)).astype(np.float32)
         self.projections.append(proj)
         self.angles.append(angle)
         self.timestamps.append(float(timestamp))
         self.recon.add(proj, angle)
-        feats = self.tracker.features + np.array([x0, y0], np.float32)
+        scale = crop.shape[0] / n
+        feats = (self.tracker.features + 0.5) * np.float32(scale) - 0.5 + np.array([x0, y0], np.float32)
         self._t_process += time.perf_counter() - t0
         return FrameResult(idx, self._box, contour + [x0, y0], (cx + x0, cy + y0, r), feats, float(angle), True)
 
@@ -132,26 +189,31 @@ class LivePipeline:
         return self.recon.snapshot()
 
     def finalize(self, angles_deg: np.ndarray | None = None) -> ReconstructionResult:
-        """Refine angles (mirror anchors), batch FBP; ``angles_deg`` overrides tracked angles."""
+        """Final angles (track fit + mirror symmetry), batch FBP; ``angles_deg`` overrides them."""
         n_used = len(self.projections)
         if n_used < self.cfg.min_frames:
             raise ReconstructionError(f"only {n_used} frames with a cell; need at least {self.cfg.min_frames}")
         t0 = time.perf_counter()
         proj = np.stack(self.projections)
-        ang = np.asarray(angles_deg if angles_deg is not None else self.tracker.angles_deg[-n_used:], np.float64)
         report: dict[str, Any] = {"frames_used": n_used, "frames_seen": self._index, "flags": []}
         offset, tilt = 0.0, 0.0
-        if angles_deg is None and self.cfg.refine:
-            try:
-                ref = refine_angles(proj, ang)
-                ang, offset, tilt = ref.angles_deg, ref.axis_offset_px, ref.tilt_deg
-                report["anchors"] = ref.anchors
-            except ReconstructionError as exc:
-                report["flags"].append(f"angle refinement skipped: {exc}")
+        if angles_deg is not None:
+            ang = np.asarray(angles_deg, np.float64)
+        elif self.cfg.refine:
+            ang, ref, info = estimate_angles(self.tracker, proj, smooth=self.cfg.smooth)
+            report["flags"] += info.pop("flags")
+            report.update(info)
+            if ref is not None:
+                offset, tilt = ref.axis_offset_px, ref.tilt_deg
+                report["mirror_pairs"] = len(ref.anchors)
+                report["mirror_match_error"] = ref.match_error
+        else:
+            ang = np.asarray(self.tracker.angles_deg, np.float64)
         coverage = float(np.ptp(ang))
         if coverage < 180.0:
             report["flags"].append(f"partial: angle coverage {coverage:.1f} deg < 180 deg (limited-angle artefacts)")
-        vol = fbp(proj, ang, axis_offset_px=offset, tilt_deg=tilt, filter_name=self.cfg.filter_name)
+        weights = "circular" if coverage >= 180.0 else "trapezoid"
+        vol = fbp(proj, ang, axis_offset_px=offset, tilt_deg=tilt, filter_name=self.cfg.filter_name, weights=weights)
         report.update(
             coverage_deg=coverage,
             axis_offset_px=offset * self.cfg.roi_px / self.cfg.volume_size,

@@ -170,7 +170,8 @@ def warp_angles(angles_deg: np.ndarray, pairs: np.ndarray, knot_every: int = 8, 
 
     Unknowns: the correction ``e`` at knots every ``knot_every`` frames (``e(0) = 0``);
     constraints ``e(t') - e(t) = 180 - (theta(t') - theta(t))`` for every pair, and a penalty
-    ``smooth * (e_{k+1} - e_k)`` on the correction's slope (trust the tracked increments locally).
+    ``smooth * (e_{k+1} - 2 e_k + e_{k-1})`` on the correction's curvature (trust the tracked
+    increments locally; beyond the last pair the corrected rate carries on).
     """
     a = np.asarray(angles_deg, np.float64)
     n = a.size
@@ -198,9 +199,9 @@ def warp_angles(angles_deg: np.ndarray, pairs: np.ndarray, knot_every: int = 8, 
         rows, rhs = rows * wts[:, None], rhs * wts
     else:
         rows, rhs = np.zeros((0, nk)), np.zeros(0)
-    d = (np.eye(nk, k=1) - np.eye(nk))[:-1] * smooth
+    d = (np.eye(nk, k=2) - 2 * np.eye(nk, k=1) + np.eye(nk))[:-2] * smooth  # curvature: extrapolates the rate
     a_mat = np.vstack([rows, d])[:, 1:]  # e(0) = 0
-    b_vec = np.concatenate([rhs, np.zeros(nk - 1)])
+    b_vec = np.concatenate([rhs, np.zeros(d.shape[0])])
     e, *_ = np.linalg.lstsq(a_mat, b_vec, rcond=None)
     corr = basis(frames) @ np.concatenate([[0.0], e])
     out = s + corr
@@ -210,6 +211,25 @@ def warp_angles(angles_deg: np.ndarray, pairs: np.ndarray, knot_every: int = 8, 
     inc = np.where(np.sign(inc) == np.sign(tracked_inc), inc, 0.1 * tracked_inc)
     out = np.concatenate([[0.0], np.cumsum(inc)])
     return a[0] + sgn * out
+
+
+def smooth_angles(angles_deg: np.ndarray, lam: float = 10.0) -> np.ndarray:
+    """Whittaker smoother: ``argmin |a - angles|^2 + lam |D2 a|^2`` (second differences).
+
+    Why: a trapped cell turns smoothly (viscous drag, constant drive, sub-degree Brownian
+    jitter) while per-frame angle estimates are noisy; penalising the angular acceleration
+    removes the noise without biasing the rate. ``lam = 0`` returns the input.
+    """
+    a = np.asarray(angles_deg, np.float64)
+    n = a.size
+    if lam <= 0 or n < 3:
+        return a.copy()
+    from scipy.sparse import diags, identity
+    from scipy.sparse.linalg import spsolve
+
+    d = diags([1.0, -2.0, 1.0], [0, 1, 2], shape=(n - 2, n))
+    out = spsolve((identity(n) + lam * (d.T @ d)).tocsc(), a)
+    return out - out[0] + a[0]
 
 
 def centroid_axis(projections: np.ndarray) -> float:
@@ -232,28 +252,34 @@ def refine_angles(
     offset0: float | None = None,
     tilt0: float = 0.0,
     iterations: int = 2,
+    smooth: float = 0.0,
 ) -> Refinement:
     """Refine tracked angles by the 180 deg mirror symmetry; estimate axis offset and tilt.
 
     ``projections`` (T, H, W): line integrals (-log I/I0) of crops centred on the cell (the
     axis near the centre column). Needs a sweep of at least 180 deg plus a few frames.
+    ``smooth`` > 0 applies :func:`smooth_angles` (rotation assumed smooth) after the warp.
     """
     p = np.asarray(projections, np.float32)
     a = np.asarray(angles_deg, np.float64)
     if p.ndim != 3 or len(p) != a.size:
         raise ReconstructionError(f"{a.size} angles for projections of shape {p.shape}")
     cov = abs(a[-1] - a[0])
-    if cov < 180.0 + 0.5 * window_deg:
+    if cov < 180.0 + 0.25 * window_deg:
         raise ReconstructionError(f"angle coverage {cov:.0f} deg is under 180 deg; no mirror partners")
     bp = bandpass(p)
     off = centroid_axis(p) if offset0 is None else float(offset0)
     tilt = tilt0
     # coarse axis on smoother images (the fine texture decorrelates a few pixels off the axis)
+    # and a wide search: the tracked angles may be off by 10 % (18 deg at 180)
     coarse = bandpass(p, 2.0, 8.0)
-    pairs = find_partners(coarse, a, off, tilt, window_deg, step=3)
+    cur = a.copy()
+    pairs = find_partners(coarse, a, off, tilt, 2.5 * window_deg, step=2)
     if len(pairs) >= 3:
         off, tilt = estimate_axis(coarse, pairs, off, tilt)
-    cur = a.copy()
+        pairs = find_partners(coarse, a, off, tilt, 2.5 * window_deg, step=1)
+        if len(pairs) >= 3:
+            cur = warp_angles(a, pairs)
     pairs = np.zeros((0, 3))
     for it in range(iterations):
         pairs = find_partners(bp, cur, off, tilt, window_deg, step=1 if it == iterations - 1 else 3)
@@ -263,7 +289,7 @@ def refine_angles(
         pairs = find_partners(bp, cur, off, tilt, window_deg)
         if len(pairs) < 3:
             raise ReconstructionError("too few mirror partners found after the axis fit")
-        cur = warp_angles(a, pairs)
+        cur = smooth_angles(warp_angles(a, pairs), smooth)
     err = float(np.median(1.0 - pairs[:, 2]))
     scale = float((cur[-1] - cur[0]) / (a[-1] - a[0])) if a[-1] != a[0] else 1.0
     anchors = [(float(t), float(tp)) for t, tp, _ in pairs]

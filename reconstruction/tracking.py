@@ -1,28 +1,33 @@
-"""Rotation-angle tracking: Shi-Tomasi corners, pyramidal Lucas-Kanade, orbit factorisation.
+"""Rotation-angle tracking: Shi-Tomasi corners, pyramidal Lucas-Kanade, joint orbit fit.
 
 Why not per-frame mean flow: in a transmission (parallel) projection a point (x, y, z) of the
 cell shows at column ``u = c + x cos(theta) + z sin(theta)``; features on the back of the cell
 move opposite to those on the front and features near the limb stand still, so the flow of a
-frame says little about the angle. Each feature instead runs on its own orbit
-``u_k(t) - c(t) = p_k cos(theta_t) + q_k sin(theta_t)`` (own radius ``hypot(p, q)`` and phase,
-shared axis ``c``), so over a window of frames in which K features are tracked throughout, the
-(K, T) matrix of positions, with the per-frame mean over features removed (which removes the
-axis column and any lateral drift of the cell), has rank 2: ``U = P S`` with
-``S = [cos theta; sin theta]``. An SVD gives ``U = A B`` up to an unknown 2x2 ``G`` (``S = G B``);
-requiring every column of ``G B`` on the unit circle is linear in ``M = G^T G`` (affine
-factorisation with a metric constraint, as in Tomasi-Kanade). The window's angles follow up to
-an offset and a sign; overlapping windows chain them. The curvature of the orbits sets the
-angle scale, so windows must span a few tens of degrees (``window_deg``).
+frame says little about its angle. Every tracked feature instead runs on its own orbit
+``u_k(t) = c(t) + p_k cos(theta_t) + q_k sin(theta_t)`` (own radius ``hypot(p, q)`` and phase);
+the axis column ``c`` is shared by all features, and that, with the orbits' curvature, is what
+fixes the angle scale. :func:`fit_orbits` solves all angles, the axis (piecewise linear in time:
+it drifts slowly with the cell) and all orbits jointly by robust Gauss-Newton; tracks that do
+not fit an orbit (stuck on an outline, swapped between overlapping granules) are gated out.
 
-Images: the tracker works on the high-passed optical depth ``d - blur(d)`` of the crop, so
-granules and nucleoli dominate and the static outlines of body and nucleus fade; corners are
-taken inside the eroded cell mask. An in-plane tilt of the rotation axis makes features move
-along a tilted line; the tilt is estimated from the (u, v) motion and positions are projected on
-the normal of the axis. Tracks are dropped when lost (LK status, forward-backward error), when
-they leave the eroded mask (limb, outline) or when they do not fit their orbit; new corners are
-detected in empty parts of the mask. The sign of the rotation is unobservable in parallel
+Observations:
+
+- LK tracks of corners on the high-passed optical depth ``d - blur(d)`` (granules and nucleoli
+  dominate; the static outlines of body and nucleus fade), detected inside the eroded cell mask,
+  with a forward-backward check; dropped when lost or when they leave the eroded mask (limb and
+  its halo); new corners fill empty parts of the mask every few frames;
+- slice centroids: the optical-depth centroid of each band of rows is exactly such an orbit
+  (first Helgason-Ludwig moment), never lost and never sliding - it anchors the fit against the
+  slow drift of optical-flow features.
+
+:func:`scale_search` (a periodogram over the rotation rate) gives a starting trace that does not
+depend on the nominal step. An in-plane tilt of the rotation axis makes features move along a
+tilted line; positions are projected on the normal of the axis (tilt from the feature motion,
+or the mirror estimate of ``refinement``). The sign of the rotation is unobservable in parallel
 projections (a transparent cell turning +theta looks like its mirror image turning -theta): it
-comes from ``direction``.
+comes from ``direction``. The live (per-frame) estimate is a causal approximation refitted every
+``refit_every`` frames; the final angles come from :meth:`RotationTracker.solve` alternated with
+the mirror refinement (``live.estimate_angles``).
 """
 
 from __future__ import annotations
@@ -31,7 +36,9 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import scipy.sparse as sp
 from scipy.ndimage import gaussian_filter1d
+from scipy.sparse.linalg import spsolve
 
 __all__ = [
     "TrackerConfig",
@@ -67,9 +74,10 @@ class TrackerConfig:
     centre_sigma: float = 0.0
     refit_every: int = 16
     live_window: int = 120
-    live_iters: int = 15
-    batch_iters: int = 100
-    scale_after_deg: float = 90.0  # nominal rotation before the live rate search
+    live_iters: int = 8
+    batch_iters: int = 15
+    min_track_frames: int = 12
+    scale_after_deg: float = 60.0  # nominal rotation before the live rate search
     nominal_step_deg: float = 1.0
     direction: int = 1
 
@@ -151,27 +159,97 @@ def scale_search(track: np.ndarray, frame: np.ndarray, u: np.ndarray, nominal_de
     return float(grid[k])
 
 
+def _axis_basis(frame: np.ndarray, nt: int, knot_every: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Piecewise-linear axis column over frames: (knot index, knot index + 1, weight, n knots)."""
+    step = max(1, int(knot_every))
+    nknots = max(2, int(np.ceil((nt - 1) / step)) + 1)
+    pos = np.asarray(frame, np.float64) / step
+    j = np.clip(np.floor(pos).astype(int), 0, nknots - 2)
+    return j, j + 1, pos - j, nknots
+
+
+def _solve_axis_orbits(frame: np.ndarray, kk: np.ndarray, nt: int, nk: int, cs: np.ndarray, sn: np.ndarray,
+                       u: np.ndarray, w: np.ndarray, th: np.ndarray, min_span_deg: float, knot_every: int
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Weighted least squares for the axis column (piecewise linear in time, knots every
+    ``knot_every`` frames) and the orbits (p_k, q_k) at fixed angles.
+
+    Why piecewise linear: the axis only drifts slowly, and a per-frame axis trades off against
+    the orbits of short tracks (a slow mode that lets the angles wander). Tracks spanning less
+    than ``min_span_deg`` are left out (p = q = 0, ok False). Returns (axis per frame, p, q, ok,
+    axis knots).
+    """
+    tmin = np.full(nk, np.inf)
+    tmax = np.full(nk, -np.inf)
+    np.minimum.at(tmin, kk, th[frame])
+    np.maximum.at(tmax, kk, th[frame])
+    ok = np.rad2deg(tmax - tmin) >= min_span_deg
+    use = ok[kk] & (w > 0)
+    n = int(use.sum())
+    j0, j1, fw, nkn = _axis_basis(frame[use], nt, knot_every)
+    k, ww = kk[use], np.sqrt(w[use])
+    rows = np.repeat(np.arange(n), 4)
+    cols = np.stack([j0, j1, nkn + 2 * k, nkn + 2 * k + 1], 1).ravel()
+    vals = (np.stack([1 - fw, fw, cs[use], sn[use]], 1) * ww[:, None]).ravel()
+    a = sp.csr_matrix((vals, (rows, cols)), shape=(n, nkn + 2 * nk))
+    ata = (a.T @ a).tocsc() + sp.identity(nkn + 2 * nk, format="csc") * 1e-8
+    x = spsolve(ata, a.T @ (u[use] * ww))
+    b0, b1, bw, _ = _axis_basis(np.arange(nt), nt, knot_every)
+    c = x[:nkn][b0] * (1 - bw) + x[:nkn][b1] * bw
+    p = np.where(ok, x[nkn::2], 0.0)
+    q = np.where(ok, x[nkn + 1 :: 2], 0.0)
+    return c, p, q, ok, x[:nkn]
+
+
+def _gauss_newton_step(frame: np.ndarray, kk: np.ndarray, nt: int, nk: int, cs: np.ndarray, sn: np.ndarray,
+                       p: np.ndarray, q: np.ndarray, r: np.ndarray, w: np.ndarray, knot_every: int
+                       ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """One damped Gauss-Newton step of ``u = c(t) + p cos(theta) + q sin(theta)`` in all unknowns.
+
+    Unknowns: angles of frames 1.. (frame 0 is the gauge), axis knots, orbits. Returns
+    (angle steps (nt,), knot steps, (dp, dq)).
+    """
+    use = w > 0
+    n = int(use.sum())
+    f, k, ww = frame[use], kk[use], np.sqrt(w[use])
+    j0, j1, fw, nkn = _axis_basis(f, nt, knot_every)
+    d = -p[k] * sn[use] + q[k] * cs[use]
+    ncol = nt + nkn + 2 * nk
+    rows = np.repeat(np.arange(n), 5)
+    cols = np.stack([f, nt + j0, nt + j1, nt + nkn + 2 * k, nt + nkn + 2 * k + 1], 1).ravel()
+    vals = (np.stack([d, 1 - fw, fw, cs[use], sn[use]], 1) * ww[:, None]).ravel()
+    a = sp.csr_matrix((vals, (rows, cols)), shape=(n, ncol))
+    ata = (a.T @ a).tocsc()
+    diag = ata.diagonal()
+    damp = np.maximum(diag, 1e-6) * 1e-3
+    damp[0] = 1e12  # gauge: frame 0 keeps its angle
+    x = spsolve((ata + sp.diags(damp)).tocsc(), a.T @ (r[use] * ww))
+    return x[:nt], x[nt : nt + nkn], (x[nt + nkn :: 2], x[nt + nkn + 1 :: 2])
+
+
 def fit_orbits(
     track: np.ndarray,
     frame: np.ndarray,
     u: np.ndarray,
     init_deg: np.ndarray,
     weight: np.ndarray | None = None,
-    n_iter: int = 60,
+    n_iter: int = 30,
     gate: float = 2.0,
     huber_px: float = 0.7,
     min_span_deg: float = 5.0,
     centre_sigma: float = 0.0,
     v: np.ndarray | None = None,
+    axis_knot_frames: int = 40,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """Joint robust fit of per-frame angles and axis column to orbit tracks.
 
     Model ``u = c_t + p_k cos(theta_t) + q_k sin(theta_t)`` for observation (track k, frame t):
     every track has its own orbit (p_k, q_k), every frame its angle and axis column (the axis is
-    shared, which is what fixes the angle scale). Alternates linear per-track orbit fits with a
-    per-frame Gauss-Newton step on (c_t, theta_t); tracks whose rms residual exceeds ``gate``
+    shared, which is what fixes the angle scale). Linear solve for axis and orbits at the starting
+    angles, then damped Gauss-Newton on all unknowns jointly (sparse normal equations); tracks whose rms residual exceeds ``gate``
     times the median are dropped (stuck on outlines, swapped granules), single observations are
-    Huber-weighted. ``centre_sigma`` > 0 smooths the axis column over time (frames).
+    Huber-weighted. The axis column is piecewise linear in time (knots every
+    ``axis_knot_frames``); ``centre_sigma`` > 0 smooths it further (frames).
     With ``v`` (the coordinate along the axis of each observation) a small residual tilt of the
     axis is fitted too (``u -> u + tilt * v``, radians; ``info["tilt_deg"]``): an unmodelled tilt
     gives every track a constant offset and biases the angles.
@@ -190,7 +268,9 @@ def fit_orbits(
         c = np.interp(np.arange(nt), have, c[have]) if have.size else c
     w_obs = wk.copy()
     p = q = np.zeros(nk)
-    good = np.zeros(nk, bool)
+    good = ok = np.zeros(nk, bool)
+    b0, b1, bw, nkn = _axis_basis(np.arange(nt), nt, axis_knot_frames)
+    knots = np.zeros(nkn)
     tilt = 0.0
     u0 = u
     if v is not None:
@@ -198,46 +278,33 @@ def fit_orbits(
     for it in range(n_iter):
         u = u0 + tilt * v if v is not None else u0
         cs, sn = np.cos(th[frame]), np.sin(th[frame])
-        y = u - c[frame]
-        a11 = np.bincount(kk, w_obs * cs * cs, nk)
-        a12 = np.bincount(kk, w_obs * cs * sn, nk)
-        a22 = np.bincount(kk, w_obs * sn * sn, nk)
-        b1 = np.bincount(kk, w_obs * cs * y, nk)
-        b2 = np.bincount(kk, w_obs * sn * y, nk)
-        n = np.bincount(kk, w_obs, nk)
-        det = a11 * a22 - a12 * a12
-        tmin = np.full(nk, np.inf)
-        tmax = np.full(nk, -np.inf)
-        np.minimum.at(tmin, kk, th[frame])
-        np.maximum.at(tmax, kk, th[frame])
-        ok = (np.rad2deg(tmax - tmin) >= min_span_deg) & (det > 1e-9 * n * n) & (n > 0)
-        safe = np.where(ok, det, 1.0)
-        p = np.where(ok, (a22 * b1 - a12 * b2) / safe, 0.0)
-        q = np.where(ok, (a11 * b2 - a12 * b1) / safe, 0.0)
-        r = y - p[kk] * cs - q[kk] * sn
+        if it == 0:
+            # axis and orbits given the starting angles: a linear least-squares problem
+            c, p, q, ok, knots = _solve_axis_orbits(frame, kk, nt, nk, cs, sn, u, wk, th, min_span_deg,
+                                                    axis_knot_frames)
+        r = u - c[frame] - p[kk] * cs - q[kk] * sn
         rms = np.sqrt(np.bincount(kk, wk * r * r, nk) / np.maximum(np.bincount(kk, wk, nk), 1e-12))
         med = float(np.median(rms[ok])) if ok.any() else 1.0
         good = ok & (rms < max(gate * med, 0.2))
         ar = np.abs(r)
         w_obs = wk * np.where(ar < huber_px, 1.0, huber_px / np.maximum(ar, 1e-12)) * good[kk]
-        d = -p[kk] * sn + q[kk] * cs
-        s0 = np.bincount(frame, w_obs, nt)
-        s1 = np.bincount(frame, w_obs * d, nt)
-        s2 = np.bincount(frame, w_obs * d * d, nt)
-        r0 = np.bincount(frame, w_obs * r, nt)
-        r1 = np.bincount(frame, w_obs * d * r, nt)
-        dt = s0 * s2 - s1 * s1
-        okf = (s0 > 2) & (dt > 1e-9 * np.maximum(s0 * s2, 1e-12))
-        safe = np.where(okf, dt, 1.0)
-        c = c + np.where(okf, (s2 * r0 - s1 * r1) / safe, 0.0)
-        th = th + np.clip(np.where(okf, (s0 * r1 - s1 * r0) / safe, 0.0), -0.05, 0.05)
+        # joint Gauss-Newton step on angles, axis knots and orbits (sparse normal equations):
+        # alternating updates crawl along the slow modes (angle scale / smooth warps)
+        dth, dknots, dpq = _gauss_newton_step(frame, kk, nt, nk, cs, sn, p, q, r, w_obs, axis_knot_frames)
+        th = th + np.clip(dth, -0.1, 0.1)
+        th -= th[0]
+        knots = knots + dknots
+        p, q = p + dpq[0] * good, q + dpq[1] * good
+        c = knots[b0] * (1 - bw) + knots[b1] * bw
         if centre_sigma > 0:
             c = gaussian_filter1d(c, centre_sigma, mode="nearest")
-        th -= th[0]
         if v is not None and it >= 2:
+            vc_r = u0 + tilt * v - c[frame] - p[kk] * np.cos(th[frame]) - q[kk] * np.sin(th[frame])
             den = float(np.sum(w_obs * vc * vc))
             if den > 0:
-                tilt -= float(np.clip(np.sum(w_obs * vc * r) / den, -0.01, 0.01))
+                tilt -= float(np.clip(np.sum(w_obs * vc * vc_r) / den, -0.01, 0.01))
+        if it > 2 and float(np.max(np.abs(dth))) < 1e-6:
+            break
     return np.rad2deg(th), c, {"ids": uk, "p": p, "q": q, "good": good, "tilt_deg": float(np.rad2deg(tilt))}
 
 
@@ -279,6 +346,16 @@ def _observations(
         return z.astype(np.int64), z.astype(np.int64), z, z, z
     return (np.concatenate(ks).astype(np.int64), np.concatenate(fs).astype(np.int64), np.concatenate(us),
             np.concatenate(vs), np.concatenate(ws))
+
+
+def _long_tracks(obs: tuple[np.ndarray, ...], min_frames: int) -> tuple[np.ndarray, ...]:
+    """Observations of tracks seen in at least ``min_frames`` frames."""
+    k = obs[0]
+    if not k.size:
+        return obs
+    _, inv, cnt = np.unique(k, return_inverse=True, return_counts=True)
+    keep = cnt[inv] >= min_frames
+    return tuple(a[keep] for a in obs)
 
 
 class RotationTracker:
@@ -438,11 +515,12 @@ class RotationTracker:
         cfg = self.cfg
         s = max(0, e - cfg.live_window + 1)
         live = np.asarray(self.angles_deg[s : e + 1], np.float64)
-        k, f, u, v, w = _observations(self.frames[s : e + 1], self.tilt_deg, cfg.band_weight)
+        k, f, u, v, w = _long_tracks(_observations(self.frames[s : e + 1], self.tilt_deg, cfg.band_weight),
+                                     cfg.min_track_frames)
         if u.size < 10:
             return
         if not self._scaled and abs(live[-1] - live[0]) >= cfg.scale_after_deg:
-            g = scale_search(k, f, u, live - live[0], 0.25, 4.0, 97)
+            g = scale_search(k, f, u, live - live[0], 0.5, 2.0, 49)  # the nominal step is within 2x
             allang = np.asarray(self.angles_deg, np.float64) * g
             self.angles_deg = list(allang)
             live = allang[s : e + 1]
@@ -461,12 +539,21 @@ class RotationTracker:
             self._step = float(new[-1] - new[-2])
         self._centre = float(c[-1])
         good = info["good"]
-        self._models = {int(i): (float(p), float(q)) for i, p, q, g in zip(info["ids"], info["p"], info["q"], good) if g}
+        # the fit's angles start at 0 in frame s: turn the orbits to absolute angles
+        al = np.deg2rad(live[0])
+        pa = info["p"] * np.cos(al) - info["q"] * np.sin(al)
+        qa = info["p"] * np.sin(al) + info["q"] * np.cos(al)
+        self._models = {int(i): (float(p), float(q)) for i, p, q, g in zip(info["ids"], pa, qa, good) if g}
 
     # ------------------------------------------------------------------ batch
     def observations(self, tilt_deg: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """All stored observations as (track id, frame, u across the axis, v along it, weight)."""
-        return _observations(self.frames, self.tilt_deg if tilt_deg is None else tilt_deg, self.cfg.band_weight)
+        """Stored observations as (track id, frame, u across the axis, v along it, weight).
+
+        Tracks seen in fewer than ``min_track_frames`` frames are left out: they carry no orbit
+        curvature and only cost unknowns in the joint fit.
+        """
+        obs = _observations(self.frames, self.tilt_deg if tilt_deg is None else tilt_deg, self.cfg.band_weight)
+        return _long_tracks(obs, self.cfg.min_track_frames)
 
     def solve(self, tilt_deg: float | None = None, init_deg: np.ndarray | None = None) -> np.ndarray:
         """All angles (deg, frame 0 = 0) from all tracks: rate search, then the joint orbit fit.

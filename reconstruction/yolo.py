@@ -220,8 +220,8 @@ def _report_epoch(trainer: Any) -> None:
     """One line per epoch (ultralytics' own progress bars are off to keep logs readable)."""
     m = trainer.metrics or {}
     keys = ("metrics/precision(B)", "metrics/recall(B)", "metrics/mAP50(B)", "metrics/mAP50(M)")
-    vals = "  ".join(f"{k.split('/')[1]}={m[k]:.3f}" for k in keys if k in m)
-    print(f"epoch {trainer.epoch + 1}/{trainer.epochs}  loss={float(trainer.tloss.sum()) if trainer.tloss is not None else float('nan'):.3f}  {vals}", flush=True)
+    vals = "  ".join(f"{k.split('/')[1]}={float(m[k]):.3f}" for k in keys if k in m)
+    print(f"epoch {trainer.epoch + 1}/{trainer.epochs}  {vals}", flush=True)
 
 
 def train_detector(

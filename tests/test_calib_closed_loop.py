@@ -32,6 +32,9 @@ from mcf_rotator.simulation.world import SimulatedWorld
 torch.set_num_threads(1)
 
 RATE_DEG_S = 30.0
+#: the cell aligns with the beam's second-moment axis; the hologram's own orientation error
+#: (CoreNet: a few degrees, ~10 at worst) plus the trap lag stay below this
+FOLLOW_TOL_DEG = 15.0
 N_STEPS = 120  # camera frames; at the default 60 Hz: 2 s, 60 deg of commanded rotation
 
 
@@ -94,6 +97,7 @@ def bench() -> Bench:
     return Bench()
 
 
+@pytest.mark.slow  # three 2 s rotations of the simulated trap and three calibrations: ~15-30 s
 def test_rebend_breaks_rotation_and_calibration_restores_it(bench: Bench) -> None:
     angles = (0.0, 45.0, 120.0)
     # calibrated on the first bend: good beam, the cell follows the ellipse
@@ -102,7 +106,7 @@ def test_rebend_breaks_rotation_and_calibration_restores_it(bench: Bench) -> Non
     good = [bench.beam_correlation(a) for a in angles]
     assert min(good) > 0.85
     commanded, followed, trapped = bench.rotate()
-    assert trapped and abs(followed - commanded) < 10.0
+    assert trapped and abs(followed - commanded) < FOLLOW_TOL_DEG
 
     # re-bend: the old correction scrambles the beam into a speckle; the cell does not rotate
     bench.world.rebend_fibre(11)
@@ -142,7 +146,7 @@ def test_rebend_breaks_rotation_and_calibration_restores_it(bench: Bench) -> Non
         seen = beam_moments(np.where(bench.mask, bench.world.beam_far_field(), 0.0))["angle_deg"]
         assert abs((seen - a + 90.0) % 180.0 - 90.0) < 20.0
     commanded, followed, trapped = bench.rotate()
-    assert trapped and abs(followed - commanded) < 10.0
+    assert trapped and abs(followed - commanded) < FOLLOW_TOL_DEG
 
 
 def test_fibre_moving_during_calibration_keeps_previous(bench: Bench) -> None:

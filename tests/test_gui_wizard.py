@@ -101,7 +101,7 @@ def _walk(qtbot, wiz) -> list[str]:
     seen = []
     while True:
         page = wiz.currentPage()
-        qtbot.waitUntil(page.isComplete, timeout=5000)
+        qtbot.waitUntil(page.isComplete, timeout=30000)
         seen.append(page.key)
         if wiz.nextId() == -1:
             wiz.button(wiz.WizardButton.FinishButton).click()
@@ -145,6 +145,51 @@ def test_failed_step_blocks_next_and_can_retry(window, qtbot):
     assert not page.isComplete() and page.retry.isVisibleTo(page)
     assert "no carrier" in page.status.text()
     page.retry.click()
-    qtbot.waitUntil(page.isComplete, timeout=5000)
+    qtbot.waitUntil(page.isComplete, timeout=30000)
     wiz.reject()
     assert not wiz.saved
+
+
+@pytest.fixture
+def sim_window(qtbot, tmp_path, monkeypatch):
+    pytest.importorskip("mcf_rotator.calibration.wizard")
+    pytest.importorskip("mcf_rotator.controller")
+    from mcf_rotator.gui.app import create_main_window
+
+    monkeypatch.setenv("MCF_ROTATOR_SETTINGS", str(tmp_path / "gui_settings.json"))
+    win = create_main_window(simulate=True)
+    win.controller.config.paths.output_dir = tmp_path
+    qtbot.addWidget(win)
+    win.show()
+    qtbot.waitExposed(win)
+    yield win
+    win.close()
+
+
+def test_simulated_rebent_fibre_walkthrough(sim_window, qtbot, tmp_path):
+    """Calibrate, re-bend the simulated fibre, see the drift check fail, recalibrate."""
+    win = sim_window
+    world = win.controller.rig.world
+    wiz = win.open_calibration_wizard()
+    assert _walk(qtbot, wiz)[-1] == "save" and wiz.saved
+    assert win.controller.calibration is not None  # installed for the next run
+    saved = list(tmp_path.glob("calibration/*.json"))
+    assert len(saved) == 1
+    qtbot.waitUntil(lambda: win.wizard is None, timeout=3000)
+    win.check_drift()
+    assert not win.drift_bar.isVisible()
+
+    world.rebend_fibre(seed=7)
+    report = win.check_drift()
+    assert report.needs_recalibration
+    assert win.drift_bar.isVisible() and "re-bent" in win.drift_label.text()
+    win.drift_button.click()
+    wiz = win.wizard
+    _walk(qtbot, wiz)
+    fourier = wiz.pages["fourier"]
+    assert fourier.image_item.image is not None and len(fourier.marker.data) == 1
+    assert wiz.pages["phases"].image_item.image is not None
+    assert "residual_rms_rad" in wiz.pages["verify"].status.text()
+    assert wiz.saved
+    qtbot.waitUntil(lambda: not win.drift_bar.isVisible(), timeout=3000)
+    assert not win.check_drift().needs_recalibration

@@ -44,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="folder (or .json file) for the record; default: the config's calibration folder")
     p.add_argument("--verify", action="store_true",
                    help="rig mode: re-measure with the correction applied and reject it above --limit "
-                   "(image mode: check the retrieval only)")
+                   "(nothing is saved then)")
     p.add_argument("--limit", type=float, default=None, help="verification limit, rad RMS (default 0.3)")
     p.add_argument("--image", type=Path, default=None, help="saved off-axis hologram (TIFF/PNG/NPY) to retrieve from")
     p.add_argument("--facet-um-per-px", type=float, default=None, help="facet scale of --image (um per camera pixel)")

@@ -22,6 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=2, help="CPU threads")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--moment-weight", type=float, default=0.0,
+                   help="weight of the beam-orientation (second-moment) term in the loss (0: off)")
     p.set_defaults(func=run)
 
 
@@ -36,7 +38,8 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     geometry = MCFGeometry.from_file(args.core_map) if args.core_map else MCFGeometry.hexagonal()
-    settings = TrainSettings(steps=args.steps, batch=args.batch, hidden=args.hidden, seed=args.seed, threads=args.threads)
+    settings = TrainSettings(steps=args.steps, batch=args.batch, hidden=args.hidden, seed=args.seed,
+                             threads=args.threads, moment_weight=args.moment_weight)
     bar = tqdm(total=args.steps, unit="step")
 
     def progress(done: int, total: int, loss: float) -> None:

@@ -1,0 +1,100 @@
+"""Mirror-symmetry refinement: mirror geometry, axis estimate, angle warp, smoothing."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+import cv2
+import numpy as np
+import pytest
+
+from mcf_rotator.errors import ReconstructionError
+from mcf_rotator.reconstruction.refinement import (
+    centroid_axis,
+    mirror_image,
+    refine_angles,
+    smooth_angles,
+    warp_angles,
+)
+from mcf_rotator.simulation.phantom import CellPhantom, projection_stack
+
+cv2.setNumThreads(1)
+
+
+def ncc(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
+
+
+def test_view_at_180_is_the_mirror_image():
+    ph = CellPhantom.random(5)
+    p = projection_stack(ph, np.array([37.0, 217.0]), 64, tilt_in_plane_deg=1.5, axis_offset_px=2.5)
+    good = ncc(mirror_image(p[0], 2.5, 1.5), p[1])
+    assert good > 0.995
+    assert ncc(mirror_image(p[0], 0.0, 0.0), p[1]) < good - 0.01  # wrong axis: clearly worse
+    np.testing.assert_allclose(mirror_image(mirror_image(p[0], 2.5, 1.5), 2.5, 1.5)[8:-8, 8:-8], p[0][8:-8, 8:-8],
+                               atol=0.1 * p[0].max())
+
+
+def test_warp_angles_restores_scale_from_pairs():
+    true = np.linspace(0, 400, 201)
+    tracked = 0.9 * true  # optical flow undercounts by 10 %
+    # pairs (t, t') with true(t') = true(t) + 180
+    t = np.arange(0, 100)
+    tp = np.interp(true[t] + 180, true, np.arange(true.size))
+    pairs = np.stack([t, tp, np.ones(t.size)], 1)
+    out = warp_angles(tracked, pairs)
+    assert np.abs(out - true).mean() < 0.2
+    assert np.abs(tracked - true).mean() > 10
+
+
+def test_smooth_angles_reduces_noise_keeps_rate():
+    rng = np.random.default_rng(0)
+    true = np.cumsum(np.full(300, 1.7)) - 1.7
+    noisy = true + rng.normal(0, 1.0, true.size)
+    sm = smooth_angles(noisy, 100.0)
+    assert np.abs(sm - true).mean() < 0.4 * np.abs(noisy - true).mean()
+    assert sm[-1] - sm[0] == pytest.approx(true[-1], abs=2.0)
+    np.testing.assert_array_equal(smooth_angles(noisy, 0.0), noisy)
+
+
+@pytest.fixture(scope="module")
+def sweep():
+    ph = CellPhantom.random(7)
+    rng = np.random.default_rng(7)
+    steps = 2.0 + 0.8 * np.sin(np.arange(199) / 15.0) + rng.normal(0, 0.2, 199)
+    ang = np.concatenate([[0.0], np.cumsum(steps)])
+    proj = projection_stack(ph, ang, 64, tilt_in_plane_deg=1.0, axis_offset_px=2.0)
+    proj = proj + rng.normal(0, 0.02 * proj.max(), proj.shape).astype(np.float32)
+    return ang, proj
+
+
+def test_centroid_axis_is_near_the_axis(sweep):
+    _ang, proj = sweep
+    assert centroid_axis(proj) == pytest.approx(2.0, abs=0.6)
+
+
+def test_refine_recovers_axis_tilt_and_scale(sweep):
+    ang, proj = sweep
+    rng = np.random.default_rng(1)
+    tracked = 0.93 * (ang + np.cumsum(rng.normal(0, 0.2, ang.size)))
+    tracked -= tracked[0]
+    r = refine_angles(proj, tracked)
+    assert r.axis_offset_px == pytest.approx(2.0, abs=0.15)
+    assert r.tilt_deg == pytest.approx(1.0, abs=0.3)  # 64 px crops; ~0.01 deg at 128 px
+    before = np.abs(tracked - ang).mean()
+    after = np.abs(r.angles_deg - ang).mean()
+    assert before > 10 and after < 1.0, (before, after)
+    assert r.angles_deg[-1] == pytest.approx(ang[-1], abs=1.5)
+    assert len(r.anchors) > 50 and r.match_error < 0.1
+    # the sign of the sweep is kept
+    neg = refine_angles(proj, -tracked)
+    assert neg.angles_deg[-1] == pytest.approx(-ang[-1], abs=1.5)
+
+
+def test_refine_needs_half_a_turn(sweep):
+    ang, proj = sweep
+    sel = ang < 150
+    with pytest.raises(ReconstructionError, match="180"):
+        refine_angles(proj[sel], ang[sel])
