@@ -60,6 +60,10 @@ def save_recording(controller: Any, path: Path) -> Path:
         return Path(out) if out is not None else path
     src = getattr(controller, "recording_path", None)
     src = src() if callable(src) else src
+    if not src:  # the last finished run's recording, else the current run folder
+        last = getattr(controller, "last_result", None)
+        rec = getattr(last, "recording", None)
+        src = getattr(rec, "path", None) or getattr(controller, "run_dir", None)
     if not src or not Path(src).exists():
         raise McfRotatorError("nothing recorded yet")
     src = Path(src)

@@ -2,7 +2,8 @@
 
 A cell in brightfield is darker than the background (it absorbs and scatters). The classical
 detector normalises the frame by a smooth background estimate, thresholds the absorption
-``1 - I / background``, cleans the mask with morphology and keeps the largest blob. Learned
+``1 - I / background``, cleans the mask with morphology and ranks the blobs by how cell-like
+they are (round, about the expected size; capillary walls are long stripes and are rejected). Learned
 detectors (``reconstruction/yolo.py``) implement the same :class:`Detector` protocol.
 """
 
@@ -64,6 +65,26 @@ def absorption_mask(absorption: np.ndarray, threshold: float | None, min_contras
     return (cv2.GaussianBlur(a, (5, 5), 0) > t).astype(np.uint8)
 
 
+def contrast_mask(
+    absorption: np.ndarray,
+    min_contrast: float,
+    k_sigma: float = 5.0,
+    blur_px: float = 2.0,
+    noise_region: np.ndarray | None = None,
+) -> np.ndarray:
+    """Pixels that differ from the background by more than ``k_sigma`` noise levels (either sign).
+
+    Using |absorption| keeps the faint cell rim and its bright phase halo together, so the
+    blob is the whole cell rather than its dense nucleus (what an Otsu threshold tends to
+    pick); the noise level is a robust (MAD) estimate from the pixels selected by
+    ``noise_region`` (bool mask, e.g. a crop's border where there is no cell) or the whole frame.
+    """
+    a = cv2.GaussianBlur(np.asarray(absorption, np.float32), (0, 0), blur_px)
+    ref = a[noise_region] if noise_region is not None and noise_region.any() else a
+    sigma = 1.4826 * float(np.median(np.abs(ref - np.median(ref))))
+    return (np.abs(a) > max(k_sigma * sigma, min_contrast * 0.5)).astype(np.uint8)
+
+
 def largest_blob(mask: np.ndarray, close_px: int = 7, min_area: int = 50) -> np.ndarray | None:
     """Close gaps, fill holes and keep the largest connected blob; None if nothing is left."""
     k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (close_px | 1, close_px | 1))
@@ -78,6 +99,40 @@ def largest_blob(mask: np.ndarray, close_px: int = 7, min_area: int = 50) -> np.
     out = np.zeros_like(m)
     cv2.drawContours(out, [c], -1, 1, thickness=cv2.FILLED)
     return out.astype(bool)
+
+
+def cell_like_blobs(
+    mask: np.ndarray, cell_px: float, close_px: int = 7, min_area: int = 50
+) -> list[tuple[np.ndarray, float]]:
+    """Filled blobs of ``mask`` ranked by how cell-like they are: (blob, score), best first.
+
+    A trapped cell is a compact, roughly round blob of about the expected size; capillary
+    walls and fibre tips are long stripes (they run along the rotation axis, top to bottom)
+    and debris is small. Score = circularity x size prior, so a wall never outranks a cell.
+    """
+    k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (close_px | 1, close_px | 1))
+    m = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_CLOSE, k)
+    m = cv2.morphologyEx(m, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3)))
+    contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    expected_area = np.pi * (cell_px / 2.0) ** 2
+    ranked: list[tuple[np.ndarray, float]] = []
+    for c in contours:
+        area = cv2.contourArea(c)
+        if area < min_area:
+            continue
+        x, y, w, h = cv2.boundingRect(c)
+        aspect = max(w, h) / max(1, min(w, h))
+        if aspect > 2.5 or (h >= 0.9 * mask.shape[0] and aspect > 1.5):
+            continue  # a stripe: capillary wall or fibre, not a cell
+        hull_area = cv2.contourArea(cv2.convexHull(c))
+        solidity = area / max(hull_area, 1.0)
+        size_prior = np.exp(-0.5 * (np.log(area / expected_area) / 0.8) ** 2)
+        score = float(solidity * size_prior / aspect)
+        blob = np.zeros_like(m)
+        cv2.drawContours(blob, [c], -1, 1, thickness=cv2.FILLED)
+        ranked.append((blob.astype(bool), score))
+    ranked.sort(key=lambda t: -t[1])
+    return ranked
 
 
 class ClassicalDetector:
@@ -96,11 +151,17 @@ class ClassicalDetector:
         g = to_gray_float(image)
         bg = background_estimate(g, self.cell_px)
         absorption = 1.0 - g / bg
-        mask = absorption_mask(absorption, self.threshold, self.min_contrast)
-        blob = largest_blob(mask, close_px=max(3, int(self.cell_px / 15)), min_area=int(0.05 * self.cell_px**2))
-        if blob is None:
-            return []
-        ys, xs = np.nonzero(blob)
-        box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
-        score = float(np.clip(absorption[blob].mean() / max(self.min_contrast * 3, 1e-6), 0, 1))
-        return [Detection(box, score, blob)]
+        close_px, min_area = max(3, int(self.cell_px / 15)), int(0.05 * self.cell_px**2)
+        blobs = []
+        if self.threshold is None:
+            blobs = cell_like_blobs(contrast_mask(absorption, self.min_contrast), self.cell_px, close_px, min_area)
+        if not blobs:  # explicit threshold, or a cell filling most of the frame (noise estimate fails)
+            mask = absorption_mask(absorption, self.threshold, self.min_contrast)
+            blobs = cell_like_blobs(mask, self.cell_px, close_px, min_area)
+        detections = []
+        for blob, shape_score in blobs:
+            ys, xs = np.nonzero(blob)
+            box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+            contrast = float(np.clip(absorption[blob].mean() / max(self.min_contrast * 3, 1e-6), 0, 1))
+            detections.append(Detection(box, float(np.sqrt(contrast * min(1.0, shape_score * 1.5))), blob))
+        return detections

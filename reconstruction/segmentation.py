@@ -12,7 +12,7 @@ from typing import Protocol, runtime_checkable
 import cv2
 import numpy as np
 
-from mcf_rotator.reconstruction.detection import absorption_mask, largest_blob, to_gray_float
+from mcf_rotator.reconstruction.detection import absorption_mask, contrast_mask, largest_blob, to_gray_float
 
 
 @runtime_checkable
@@ -23,7 +23,7 @@ class Segmenter(Protocol):
 
 
 class ClassicalSegmenter:
-    """Threshold of the absorption (relative to the crop's bright border) + morphology + largest contour."""
+    """Noise-relative contrast threshold (relative to the crop's bright border) + morphology + largest contour."""
 
     def __init__(self, min_contrast: float = 0.03, threshold: float | None = None, close_px: int = 7) -> None:
         self.min_contrast = float(min_contrast)
@@ -33,7 +33,16 @@ class ClassicalSegmenter:
     def segment(self, crop: np.ndarray) -> np.ndarray:
         g = to_gray_float(crop)
         i0 = border_level(g)
-        mask = absorption_mask(1.0 - g / max(i0, 1e-6), self.threshold, self.min_contrast)
+        absorption = 1.0 - g / max(i0, 1e-6)
+        if self.threshold is None:
+            frame = np.ones(g.shape, bool)
+            w = max(1, min(6, min(g.shape) // 8))
+            frame[w:-w, w:-w] = False
+            mask = contrast_mask(absorption, self.min_contrast, noise_region=frame)
+            if not mask.any():
+                mask = absorption_mask(absorption, None, self.min_contrast)
+        else:
+            mask = absorption_mask(absorption, self.threshold, self.min_contrast)
         blob = largest_blob(mask, self.close_px, min_area=max(20, g.size // 400))
         return blob if blob is not None else np.zeros(g.shape, bool)
 

@@ -72,9 +72,9 @@ class TrackerConfig:
     huber_px: float = 0.7
     min_span_deg: float = 5.0
     centre_sigma: float = 0.0
-    refit_every: int = 16
-    live_window: int = 120
-    live_iters: int = 8
+    refit_every: int = 32
+    live_window: int = 96
+    live_iters: int = 4
     batch_iters: int = 15
     min_track_frames: int = 12
     scale_after_deg: float = 60.0  # nominal rotation before the live rate search

@@ -52,12 +52,16 @@ def test_click_trap_rotate_reconstruct_shows_cell(sim_window, qtbot):
     win.buttons["reconstruct"].click()
     qtbot.waitUntil(lambda: win.volume_view.shown_version is not None, timeout=120000)
     # the volume shown in napari (not just the controller's) must come to contain the cell
-    qtbot.waitUntil(
-        lambda: win.volume_view.snapshot is not None
-        and win.volume_view.snapshot.coverage_deg >= 180
-        and _cell_visible(win.volume_view.layer.data),
-        timeout=240000,
-    )
+    def shown_cell() -> bool:
+        snap = win.volume_view.snapshot
+        return snap is not None and snap.coverage_deg >= 180 and _cell_visible(win.volume_view.layer.data)
+
+    # wait for the cell, or for the run to end (then the final volume must show it)
+    qtbot.waitUntil(lambda: shown_cell() or _state(win) in ("IDLE", "ERROR"), timeout=300000)
+    win.volume_view.refresh()
+    result = win.controller.latest_result()
+    assert _state(win) != "ERROR", win.log_panel.plain_text()[-2000:]
+    assert shown_cell(), f"no cell in the shown volume; last detection box {getattr(result, 'box', None)}"
     layer = win.volume_view.layer
     assert layer.contrast_limits[1] > layer.contrast_limits[0]
     shot = win.volume_view.screenshot()

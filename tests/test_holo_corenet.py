@@ -18,6 +18,8 @@ torch.set_num_threads(1)
 
 ANGLES = np.array([0.0, 30.0, 60.0, 90.0, 135.0])
 AXES = (6.0, 2.5)  # the sequencer's default ellipse
+#: beam second-moment orientation vs command (the trap follows it); shipped weights: <= 8 deg here
+ORIENTATION_TOL_DEG = 12.0
 
 
 def _circ_diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -103,9 +105,6 @@ def test_shipped_weights_make_good_ellipses(shipped: CoreNetHologramGenerator) -
     # a flat (unshaped) beam is a round spot: far below on the same metric
     flat = far_field_intensity(np.zeros(geo.n_cores), matrix)
     assert correlation(flat, targets[0], mask) < corr.min() - 0.1
-
-
-ORIENTATION_TOL_DEG = 20.0
 
 
 def test_batch_equals_single(shipped: CoreNetHologramGenerator) -> None:
