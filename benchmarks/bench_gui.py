@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         from qtpy.QtWidgets import QApplication
 
         from mcf_rotator.gui.app import _ensure_app, create_main_window
-        from mcf_rotator.gui.main_window import state_name
+        from mcf_rotator.gui.main_window import stat, state_name
 
         app = _ensure_app()
         win = create_main_window(simulate=True)
@@ -134,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         mon = StallMonitor()
         mon.timer.start()
         c0 = win.live_view.meter.count
+        f0 = int(win.controller.stats().get("frames_read", 0) or 0)
         t0 = time.perf_counter()
         if args.screenshot:
             pump(args.seconds / 2)
@@ -144,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         t1 = time.perf_counter()
         mon.timer.stop()
         drawn = win.live_view.meter.count - c0
+        camera_rate = (int(win.controller.stats().get("frames_read", 0) or 0) - f0) / (t1 - t0)
         view_fps = drawn / (t1 - t0)
         gaps = mon.gaps()
         napari_iv = draws + win.volume_view.refresh_intervals
@@ -156,8 +158,8 @@ def main(argv: list[str] | None = None) -> int:
             "seconds": round(t1 - t0, 2),
             "state_at_end": state(),
             "live_view_fps": round(view_fps, 1),
-            "camera_fps": round(float(get("fps", 0.0) or 0.0), 1),
-            "dropped_frames": int(get("dropped", 0) or 0),
+            "camera_fps": round(camera_rate, 1),  # frames the (simulated) camera delivered in the window
+            "dropped_frames": int(stat(get, "dropped_frames", "dropped")),
             "max_stall_ms_excluding_napari": round(1000 * max(other, default=0.0), 1),
             "p99_stall_ms_excluding_napari": round(1000 * sorted(other)[int(0.99 * (len(other) - 1))], 1) if other else 0.0,
             "max_stall_ms_napari_repaint": round(1000 * max(napari, default=0.0), 1),

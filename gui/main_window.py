@@ -127,6 +127,11 @@ class MainWindow(QMainWindow):
         self.bridge.volume_updated.connect(self.volume_view.mark_dirty)
         self.bridge.finished.connect(self._on_finished)
 
+        # owned by the window, so it dies with it (a bare singleShot could fire after deletion)
+        self._error_style_timer = QTimer(self)
+        self._error_style_timer.setSingleShot(True)
+        self._error_style_timer.setInterval(20000)
+        self._error_style_timer.timeout.connect(lambda: self.statusBar().setStyleSheet(""))
         self.status_timer = QTimer(self)
         self.status_timer.setInterval(250)
         self.status_timer.timeout.connect(self.refresh_status)
@@ -407,7 +412,7 @@ class MainWindow(QMainWindow):
         self.log_panel.append("ERROR", text)
         self.statusBar().setStyleSheet("QStatusBar { color: #c00000; }")
         self.statusBar().showMessage(f"Error: {text}", 20000)
-        QTimer.singleShot(20000, lambda: self.statusBar().setStyleSheet(""))
+        self._error_style_timer.start()
 
     def _on_finished(self, result: Any) -> None:
         self.volume_view.refresh(force=True, full_resolution=True)
@@ -543,6 +548,7 @@ class MainWindow(QMainWindow):
         if not self._closed:
             self._closed = True
             self.stop_timers()
+            self._error_style_timer.stop()
             self._commands.shutdown(wait=True, cancel_futures=True)
             name = state_name(self._current_state())
             if name not in ("IDLE", "ERROR"):

@@ -1,8 +1,12 @@
 """Per-frame reconstruction pipeline: detect -> crop -> segment -> centre -> track -> back-project.
 
 The rig controller calls :meth:`LivePipeline.process` for every full camera frame in a worker
-thread, pulls :meth:`snapshot` for display and calls :meth:`finalize` at the end, which refines
-the angles by mirror symmetry and runs the batch weighted FBP on the stored projections.
+thread, pulls :meth:`snapshot` for display and calls :meth:`finalize` at the end. Per frame the
+ROI crop is segmented (enclosing circle for display), resampled to the reconstruction grid,
+tracked there (corners + LK + slice centroids, :mod:`.tracking`) and back-projected at the live
+angle. :func:`estimate_angles` then alternates the joint orbit fit of all tracks with the
+180 deg mirror refinement (axis offset, tilt, drift-free angle scale) and the batch weighted FBP
+runs on the stored projections with the final angles and axis.
 """
 
 from __future__ import annotations

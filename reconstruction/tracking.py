@@ -75,9 +75,10 @@ class TrackerConfig:
     refit_every: int = 32
     live_window: int = 96
     live_iters: int = 4
+    live_frame_fit: bool = False  # per-frame Gauss-Newton on the last orbits (else: last step)
     batch_iters: int = 15
     min_track_frames: int = 12
-    scale_after_deg: float = 60.0  # nominal rotation before the live rate search
+    scale_after_deg: float = float("inf")  # live rate search after this nominal rotation (off)
     nominal_step_deg: float = 1.0
     direction: int = 1
 
@@ -482,8 +483,10 @@ class RotationTracker:
         axis column and angle), else the previous step repeated."""
         if e == 0:
             return 0.0
+        if not self._step_ok(self._step):
+            self._step = self._sign * abs(self.cfg.nominal_step_deg)
         guess = self.angles_deg[-1] + self._step
-        if not self._models or self._centre is None:
+        if not self.cfg.live_frame_fit or not self._models or self._centre is None:
             return guess
         k, f, u, _v, w = _observations(self.frames[e:], self.tilt_deg, self.cfg.band_weight)
         sel = np.array([int(i) in self._models for i in k], bool)
@@ -504,10 +507,15 @@ class RotationTracker:
             c, th = c + dc, th + float(np.clip(dth, -0.1, 0.1))
         angle = float(np.rad2deg(th))
         step = angle - self.angles_deg[-1]
-        if self._sign * step < 0 or abs(step) > 4 * max(abs(self._step), 0.5):
+        if not self._step_ok(step):
             return guess
         self._step, self._centre = step, c
         return angle
+
+    def _step_ok(self, step: float) -> bool:
+        """A live step is plausible: the commanded sign, within 0.2-3x the nominal step."""
+        nom = abs(self.cfg.nominal_step_deg)
+        return self._sign * step > 0 and (nom <= 0 or 0.2 * nom <= abs(step) <= 3.0 * nom)
 
     def _refit(self, e: int) -> None:
         """Refit orbits and angles over the recent window (warm start); scale search once the
@@ -526,14 +534,12 @@ class RotationTracker:
             live = allang[s : e + 1]
             self._step *= g
             self._scaled = True
-        if not self._scaled:
-            return
         th, c, info = fit_orbits(k, f, u, live - live[0], w, n_iter=cfg.live_iters, gate=cfg.gate,
                                  huber_px=cfg.huber_px, min_span_deg=cfg.min_span_deg, centre_sigma=cfg.centre_sigma, v=v)
         self._tilt_fit = self.tilt_deg + info["tilt_deg"]
         new = live[0] + th
-        if self._sign * (new[-1] - new[0]) < 0:
-            return  # a fit gone backwards: keep the live trace
+        if len(new) > 1 and not self._step_ok((new[-1] - new[0]) / (len(new) - 1)):
+            return  # an implausible fit (backwards, runaway): keep the live trace
         self.angles_deg[s : e + 1] = list(new)
         if e - s >= 1:
             self._step = float(new[-1] - new[-2])

@@ -30,7 +30,6 @@ from mcf_rotator.errors import McfRotatorError
 log = logging.getLogger(__name__)
 
 _FONT_NAMES = ("Arial.ttf", "Arial.Unicode.ttf")
-_configured: Path | None = None
 
 
 class UltralyticsUnavailableError(McfRotatorError):
@@ -78,7 +77,6 @@ def setup_ultralytics(config_dir: str | Path | None = None, threads: int | None 
     user) and ``torch.set_num_threads``; ``None`` keeps the current torch setting but still
     stops ultralytics forcing 1 thread at import.
     """
-    global _configured
     cfg = Path(config_dir) if config_dir is not None else default_config_dir()
     cfg.mkdir(parents=True, exist_ok=True)
     os.environ["YOLO_OFFLINE"] = "1"
@@ -114,5 +112,4 @@ def setup_ultralytics(config_dir: str | Path | None = None, threads: int | None 
         SETTINGS.update({"sync": False})
     except Exception as exc:  # a read-only settings file must not stop inference
         log.debug("cannot update ultralytics settings: %s", exc)
-    _configured = user_dir
     return user_dir

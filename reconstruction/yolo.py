@@ -15,7 +15,6 @@ warning) when the weights or torch/ultralytics are unusable.
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -243,6 +242,7 @@ def train_detector(
     cache: bool = True,
     progress: bool = True,
     time_hours: float | None = None,
+    device: str = "cpu",
 ) -> Path:
     """Train (or fine-tune) the segmentation model; returns the path of the best weights.
 
@@ -250,6 +250,7 @@ def train_detector(
     hand-labelled microscope images); ``from_scratch`` builds ``model_yaml`` instead, which
     never downloads anything. Run folders go to ``out_dir`` (a temp folder by default).
     ``time_hours`` caps the training time; the epoch count is then re-planned to fit it.
+    ``device`` is "cpu" (default) or a torch device such as "0" for the first GPU.
     """
     data_yaml = resolve_dataset(data)
     if from_scratch:
@@ -270,7 +271,7 @@ def train_detector(
         epochs=int(epochs),
         imgsz=int(imgsz),
         batch=int(batch),
-        device="cpu",
+        device=str(device),
         workers=int(workers),
         project=str(project.resolve()),
         name="train",
@@ -431,10 +432,3 @@ def benchmark_detector(detector: YoloCellDetector, image: np.ndarray, repeats: i
         times.append(time.perf_counter() - t0)
     return 1000.0 * float(np.median(times))
 
-
-def configure_threads_from_env(default: int = 2) -> int:
-    """Thread count for CLI runs: ``OMP_NUM_THREADS`` if set, else ``default``."""
-    try:
-        return max(1, int(os.environ.get("OMP_NUM_THREADS", default)))
-    except ValueError:
-        return default

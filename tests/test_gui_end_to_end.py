@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -47,6 +49,13 @@ def test_click_trap_rotate_reconstruct_shows_cell(sim_window, qtbot):
     win.buttons["trap"].click()
     qtbot.waitUntil(lambda: win.buttons["rotate"].isEnabled(), timeout=60000)
     qtbot.waitUntil(lambda: win.live_view.meter.count > 10, timeout=60000)
+    # like the operator, wait until the cell sits still in the trap before rotating
+    trapped: list[bool] = []
+    waiter = threading.Thread(target=lambda: trapped.append(win.controller.wait_trapped(60.0)))
+    waiter.start()
+    qtbot.waitUntil(lambda: bool(trapped), timeout=70000)
+    waiter.join()
+    assert trapped == [True], win.log_panel.plain_text()[-2000:]
     win.buttons["rotate"].click()
     qtbot.waitUntil(lambda: win.buttons["reconstruct"].isEnabled() and _state(win) == "ROTATING", timeout=30000)
     win.buttons["reconstruct"].click()

@@ -14,6 +14,7 @@ COMMAND_MODULES = [
     "train_corenet",
     "calibrate",
     "train_detector",
+    "label",
     "evaluate_detector",
     "check_hardware",
 ]

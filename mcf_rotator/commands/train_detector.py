@@ -32,6 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--from-scratch", action="store_true", help="train a new yolo11n-seg from its yaml")
     p.add_argument("--lr0", type=float, default=None, help="initial learning rate (AdamW; default 0.0005 fine-tune, 0.002 from scratch)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
+    p.add_argument("--device", default="cpu", help='"cpu" (default) or a GPU index such as "0"')
     p.add_argument("--max-minutes", type=float, default=None, help="cap the training time (epochs are re-planned to fit)")
     p.add_argument("--generate", type=int, default=0, metavar="N", help="first write N synthetic frames into --data")
     p.add_argument("--seed", type=int, default=0, help="seed for --generate and training")
@@ -63,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
         lr0=args.lr0,
         seed=args.seed,
         time_hours=args.max_minutes / 60.0 if args.max_minutes else None,
+        device=args.device,
     )
     if args.output is not None:
         args.output.parent.mkdir(parents=True, exist_ok=True)
