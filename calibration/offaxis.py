@@ -51,6 +51,35 @@ class PhaseRetrieval:
     quality: dict = field(default_factory=dict)
 
 
+#: a frame whose brightest pixels stay below this fraction of full scale has no usable light
+DARK_FRACTION = 0.05
+NO_LIGHT_MESSAGE = "no light on the calibration camera: is the trap laser on?"
+
+
+def check_signal(image: np.ndarray, full_scale: float | None = None) -> None:
+    """Raise :class:`CalibrationError` when a calibration frame holds no light (laser off).
+
+    With the camera's ``full_scale`` known: the 99.99th percentile (robust to a few hot
+    pixels) below :data:`DARK_FRACTION` of it. Without: a flat frame, or one whose bright end
+    is within a few noise sigmas (robust MAD) of its median, i.e. read noise only (pass the
+    full scale: a dark frame clipped at zero can slip through the noise test).
+    """
+    img = np.asarray(image, dtype=np.float64)
+    if img.size == 0 or not np.isfinite(img).all():
+        return  # shape / NaN problems are reported by the frame check
+    top = float(np.percentile(img, 99.99))
+    med = float(np.median(img))
+    if top <= float(img.min()):
+        raise CalibrationError(NO_LIGHT_MESSAGE)
+    if full_scale is not None and full_scale > 0:
+        if top < DARK_FRACTION * float(full_scale):
+            raise CalibrationError(NO_LIGHT_MESSAGE)
+        return
+    noise = 1.4826 * float(np.median(np.abs(img - med)))
+    if noise > 0 and top - med < 4.0 * noise:
+        raise CalibrationError(NO_LIGHT_MESSAGE)  # read noise only (a frame clipped at 0 may pass)
+
+
 def _check_frame(img: np.ndarray, full_scale: float | None) -> None:
     if img.ndim != 2:
         raise CalibrationError(f"hologram image must be 2-D (grey), got shape {img.shape}")
@@ -59,6 +88,7 @@ def _check_frame(img: np.ndarray, full_scale: float | None) -> None:
     top = float(img.max())
     if top <= float(img.min()):
         raise CalibrationError("hologram image is flat (no light): is the laser on and the shutter open?")
+    check_signal(img, full_scale)
     at_top = float(np.mean(img >= (full_scale if full_scale is not None else top)))
     if full_scale is not None and top >= full_scale and at_top > SATURATION_FRACTION:
         raise CalibrationError(

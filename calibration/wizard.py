@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from mcf_rotator.calibration.offaxis import PhaseRetrieval, retrieve_phase, wrap
+from mcf_rotator.calibration.offaxis import PhaseRetrieval, check_signal, retrieve_phase, wrap
 from mcf_rotator.calibration.record import CalibrationRecord
 from mcf_rotator.drivers.protocols import SLM, Camera
 from mcf_rotator.errors import CalibrationError, McfRotatorError
@@ -57,6 +57,9 @@ class CalibrationWizard:
     ``on_apply(record_or_None)`` installs a correction (e.g. ``sequencer.set_correction``);
     ``previous`` is the calibration active now (restored on failure). ``facet_um_per_px``
     and ``carrier_hint`` default to the camera frame's metadata, then to ``previous``.
+    ``on_enter()`` / ``on_leave()`` bring the rig into calibration mode (devices open, laser
+    on) and out of it again; :meth:`enter_calibration_mode` and :meth:`drift_check` call the
+    first, :meth:`leave_calibration_mode` (and the end of :meth:`drift_check`) the second.
     """
 
     STEPS = ("enter_calibration_mode", "capture_hologram", "fourier_plane", "per_core_phase_map",
@@ -73,8 +76,12 @@ class CalibrationWizard:
         facet_um_per_px: float | None = None,
         carrier_hint: tuple[float, float] | None = None,
         grating_period_px: float | None = None,
+        on_enter: Callable[[], None] | None = None,
+        on_leave: Callable[[], None] | None = None,
     ) -> None:
         self.slm = slm
+        self.on_enter = on_enter
+        self.on_leave = on_leave
         self.camera = camera
         self.geometry = geometry
         self.mapping = mapping
@@ -111,21 +118,28 @@ class CalibrationWizard:
             self.carrier_hint = tuple(meta["carrier_cyc_per_px"])
         return np.asarray(frame.image), meta
 
+    def _full_scale(self) -> float:
+        return float(2 ** int(getattr(self.camera, "bit_depth", 16)) - 1)
+
     def _measure(self, image: np.ndarray) -> PhaseRetrieval:
-        full = float(2 ** int(getattr(self.camera, "bit_depth", 16)) - 1)
+        full = self._full_scale()
         return retrieve_phase(image, self.geometry, float(self.facet_um_per_px), self.carrier_hint, full_scale=full)
 
     # -- steps --------------------------------------------------------------------
     def enter_calibration_mode(self) -> dict[str, Any]:
         """Flat per-core phases, no correction, on the SLM: the facet then shows the bare distortion."""
+        if self.on_enter is not None:
+            self.on_enter()
         self._applied = np.zeros(self.geometry.n_cores)
         img = self._show(self._applied)
         return {"slm_image": img, "message": "SLM shows a flat pattern; open the reference arm of the calibration camera"}
 
     def capture_hologram(self) -> dict[str, Any]:
         image, meta = self._capture()
-        self.image = image
+        self.image = None
         self.retrieval = None
+        check_signal(image, self._full_scale())  # laser off: a dark frame, said plainly
+        self.image = image
         return {"image": image, "max_count": float(image.max()), "metadata": meta}
 
     def fourier_plane(self) -> dict[str, Any]:
@@ -210,13 +224,24 @@ class CalibrationWizard:
         if self.on_apply is not None:
             self.on_apply(record)
 
+    def leave_calibration_mode(self) -> None:
+        """Back to the rig's idle state (laser off, calibration camera stopped); safe to repeat."""
+        if self.on_leave is not None:
+            self.on_leave()
+
     def drift_check(self, threshold_rad: float = DRIFT_LIMIT_RAD) -> DriftReport:
         """Show the active correction on a flat pattern, re-measure, report whether to recalibrate."""
         rec = self.active
         corr = rec.correction if rec is not None else np.zeros(self.geometry.n_cores)
-        self._show(corr)
-        image, _ = self._capture()
-        r = self._measure(image)
+        if self.on_enter is not None:
+            self.on_enter()
+        try:
+            self._show(corr)
+            image, _ = self._capture()
+            check_signal(image, self._full_scale())
+            r = self._measure(image)
+        finally:
+            self.leave_calibration_mode()
         res = _residual(r.core_phases, r.core_amplitudes, self.geometry.core_positions_um)
         need = res > threshold_rad
         msg = (f"phase drift {res:.3f} rad RMS > {threshold_rad} rad: recalibrate" if need

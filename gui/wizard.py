@@ -56,84 +56,16 @@ NEEDS_PATH = {"save"}
 
 
 def make_calibration_steps(controller: Any) -> Any:
-    """The steps object for this rig: the controller's, or one built from its rig's devices.
+    """The steps object for this rig: ``controller.calibration_wizard()``.
 
-    The calibration camera and SLM are opened here when the rig is idle (the controller
-    releases its devices between runs); the correction is installed through
-    ``controller.set_calibration`` so the next run uses it.
+    The controller wires the wizard to its SLM and calibration camera, opens the devices and
+    switches the laser on for calibration mode (and off again in ``leave_calibration_mode``),
+    and installs an applied correction so the next run uses it. The GUI only renders.
     """
-    for name in ("calibration_wizard", "make_calibration_wizard", "calibration_steps"):
-        fn = getattr(controller, name, None)
-        if callable(fn):
-            return fn()
-    from mcf_rotator.calibration.wizard import CalibrationWizard
-
-    rig = getattr(controller, "rig", None)
-    if rig is None:
-        raise RuntimeError("the controller has no rig to calibrate")
-    cam = getattr(rig, "calibration_camera", None)
-    if cam is None:
-        raise RuntimeError("this rig has no calibration camera configured")
-    world = getattr(rig, "world", None)
-    geometry = getattr(rig, "geometry", None) or getattr(world, "geometry", None)
-    mapping = getattr(rig, "mapping", None) or getattr(world, "mapping", None)
-    if geometry is None or mapping is None:
-        raise RuntimeError("the fibre geometry / SLM mapping of this rig is unknown")
-    cfg = getattr(controller, "config", None)
-    steps = CalibrationWizard(
-        rig.slm,
-        cam,
-        geometry,
-        mapping,
-        on_apply=getattr(controller, "set_calibration", None),
-        previous=getattr(controller, "calibration", None),
-        grating_period_px=getattr(getattr(cfg, "slm", None), "grating_period_px", None),
-    )
-    return RigCalibration(steps, rig)
-
-
-class RigCalibration:
-    """Calibration mode on an idle rig: SLM, calibration camera and laser on, and off again.
-
-    Delegates every step to the wrapped ``CalibrationWizard``; only the device bookkeeping
-    the controller does for runs is repeated here (the MCF must be lit to see fringes).
-    """
-
-    def __init__(self, steps: Any, rig: Any) -> None:
-        self.steps = steps
-        self.rig = rig
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.steps, name)
-
-    def _devices_on(self) -> None:
-        for dev in (self.rig.slm, self.rig.calibration_camera, self.rig.trap):
-            if not dev.is_connected:
-                dev.connect()
-        if not self.rig.trap.enabled:
-            self.rig.trap.set_enabled(True)
-
-    def enter_calibration_mode(self) -> Any:
-        self._devices_on()
-        return self.steps.enter_calibration_mode()
-
-    def drift_check(self, *args: Any, **kwargs: Any) -> Any:
-        self._devices_on()
-        try:
-            return self.steps.drift_check(*args, **kwargs)
-        finally:
-            self.leave_calibration_mode()
-
-    def leave_calibration_mode(self) -> None:
-        """Laser off and the calibration camera released (the next run reconnects what it needs)."""
-        try:
-            if self.rig.trap.is_connected and self.rig.trap.enabled:
-                self.rig.trap.set_enabled(False)
-            cam = self.rig.calibration_camera
-            if cam.is_connected and getattr(cam, "is_acquiring", False):
-                cam.stop_acquisition()
-        except Exception as exc:  # noqa: BLE001 - reported, never fatal
-            log.warning("leaving calibration mode: %s", exc)
+    fn = getattr(controller, "calibration_wizard", None)
+    if not callable(fn):
+        raise RuntimeError("this controller cannot calibrate (no calibration_wizard())")
+    return fn()
 
 
 def default_calibration_path(controller: Any) -> Path:

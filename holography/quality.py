@@ -47,3 +47,24 @@ def hologram_quality(intensity: np.ndarray, target: np.ndarray, mask: np.ndarray
     return HologramQuality(
         float(correlation(intensity, target, mask)), float(efficiency(intensity, target, mask))
     )
+
+
+def beam_orientation_deg(intensity: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Long-axis angle of the spot inside ``mask`` (second moments), degrees in (-90, 90].
+
+    Same convention as :func:`mcf_rotator.holography.mcf.beam_moments` (counter-clockwise from
+    +u with image rows pointing down); works on (M, M) or batches (B, M, M). This is the
+    orientation the trapped cell follows.
+    """
+    i = np.asarray(intensity, np.float64) * mask
+    m = i.shape[-1]
+    yy, xx = np.mgrid[0:m, 0:m].astype(np.float64)
+    tot = i.sum((-2, -1)) + 1e-30
+    cx = (i * xx).sum((-2, -1)) / tot
+    cy = (i * yy).sum((-2, -1)) / tot
+    dx = xx - cx[..., None, None]
+    dy = yy - cy[..., None, None]
+    mxx = (i * dx * dx).sum((-2, -1)) / tot
+    myy = (i * dy * dy).sum((-2, -1)) / tot
+    mxy = (i * dx * dy).sum((-2, -1)) / tot
+    return 0.5 * np.degrees(np.arctan2(-2 * mxy, mxx - myy))

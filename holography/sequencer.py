@@ -140,12 +140,28 @@ class EllipseSequencer:
                 self._phases[k] = ph
         return ph
 
-    def precompute(self, progress: Callable[[int, int], None] | None = None) -> None:
-        """Fill the cache for every step (one batched call when the generator has one)."""
+    def precompute(
+        self, progress: Callable[[int, int], None] | None = None, orientation_true: bool = True
+    ) -> None:
+        """Fill the cache for every step (one batched call when the generator has one).
+
+        With ``orientation_true`` (and a batched generator that knows its fibre), each step gets
+        the hologram whose *realised* beam orientation is nearest the commanded angle, chosen
+        among candidates for finely spaced target angles. A generator's orientation error
+        (CoreNet: a few degrees, up to ~20 deg at some angles on the hexagonal lattice) would
+        otherwise make the trapped cell turn in jerks; here the beam turns evenly.
+        """
         missing = [k for k in range(self.n_steps) if k not in self._phases]
         if not missing:
             return
         batch = getattr(self.generator, "phases_batch", None)
+        geometry = getattr(self.generator, "geometry", None)
+        mask = getattr(self.generator, "mask", None)
+        if orientation_true and batch is not None and geometry is not None and mask is not None:
+            self._precompute_orientation_true(missing, batch, geometry, mask)
+            if progress:
+                progress(self.n_steps, self.n_steps)
+            return
         if batch is not None:
             targets = ellipse_targets(self.grid, self.axes, np.array(missing) * self.step_deg, self.centre)
             result = np.asarray(batch(targets), np.float64)
@@ -159,6 +175,32 @@ class EllipseSequencer:
             self.core_phases(self.step_angle(k))
             if progress:
                 progress(i + 1, len(missing))
+
+    def _precompute_orientation_true(
+        self, missing: list[int], batch: Callable[[np.ndarray], np.ndarray], geometry: Any, mask: np.ndarray
+    ) -> None:
+        from mcf_rotator.holography.mcf import far_field_intensity, far_field_matrix
+        from mcf_rotator.holography.quality import beam_orientation_deg, correlation
+
+        oversample = 8
+        cand_angles = np.arange(self.n_steps * oversample) * (self.step_deg / oversample)
+        cand = np.asarray(batch(ellipse_targets(self.grid, self.axes, cand_angles, self.centre)), np.float64)
+        matrix = far_field_matrix(geometry, self.grid)
+        realised = np.empty(len(cand))
+        quality = np.empty(len(cand))
+        for i0 in range(0, len(cand), 256):
+            inten = far_field_intensity(cand[i0 : i0 + 256], matrix)
+            realised[i0 : i0 + 256] = beam_orientation_deg(inten, mask)
+            tg = ellipse_targets(self.grid, self.axes, realised[i0 : i0 + 256], self.centre)
+            quality[i0 : i0 + 256] = correlation(inten, tg, mask)
+        with self._lock:
+            for k in missing:
+                want = k * self.step_deg
+                err = np.abs((realised - want + 90.0) % 180.0 - 90.0)
+                # nearest orientation; among those within 0.25 step, the best-shaped spot
+                close = err <= err.min() + 0.25 * self.step_deg
+                best = np.flatnonzero(close)[np.argmax(quality[close])]
+                self._phases[k] = cand[best]
 
     @property
     def n_cached(self) -> int:

@@ -46,6 +46,13 @@ from mcf_rotator.ringbuffer import BufferClosed, FrameRingBuffer
 log = logging.getLogger(__name__)
 
 VOLUME_EVENT_MIN_INTERVAL_S = 0.2  # volume_updated at <= 5 Hz
+#: the camera thread looks for the trapped cell at most this often (cell_centroid costs a few ms)
+TRAP_CHECK_INTERVAL_S = 0.1
+#: a cell is trapped when seen in this many consecutive checks within TRAP_TOLERANCE_PX
+TRAP_STABLE_FRAMES = 5
+TRAP_TOLERANCE_PX = 3.0
+#: a trapped cell counts as lost after this many checks without it (or when it left the trap)
+TRAP_LOST_CHECKS = 10
 
 
 class RigState(str, enum.Enum):
@@ -291,6 +298,7 @@ class RigController:
         self._state = RigState.IDLE
         self._state_lock = threading.RLock()
         self._sequencer = sequencer
+        self._fibre: tuple[Any, Any] | None = None
         self._rotation: Any = None
         self._recorder: Recorder | None = None
         self._pipeline: Any = None
@@ -315,6 +323,12 @@ class RigController:
         self._last_result: RunResult | None = None
         self._error_text: str | None = None
         self._connected = False
+        # trap watch (camera thread): is a cell held still in the trap?
+        self._trapped = False
+        self._trapped_at: tuple[float, float] | None = None
+        self._trap_seen: deque[tuple[float, float]] = deque(maxlen=TRAP_STABLE_FRAMES)
+        self._trap_misses = 0
+        self._trap_next_check = 0.0
         for dev in self.rig.devices:
             dev.events.error.connect(self._make_device_error_handler(dev))
 
@@ -394,11 +408,59 @@ class RigController:
             if len(seen) == n_stable:
                 pts = np.array(seen)
                 if float(np.max(np.linalg.norm(pts - pts.mean(0), axis=1))) <= tolerance_px:
-                    self._info(f"cell trapped at x={pts[:, 0].mean():.0f}, y={pts[:, 1].mean():.0f} px")
+                    self._mark_trapped(pts)
                     return True
         if self._state == RigState.TRAPPING and not self._cancel.is_set():
             self._info(f"no stable cell detected within {timeout_s:g} s", "warning")
         return False
+
+    @property
+    def trapped(self) -> bool:
+        """True while a cell is held still in the trap (watched on the camera frames)."""
+        return self._trapped
+
+    def _mark_trapped(self, pts: np.ndarray) -> None:
+        """A stable cell was seen at ``pts`` (K, 2) xy: set the flag, say so once."""
+        with self._state_lock:
+            was = self._trapped
+            self._trapped = True
+            self._trapped_at = (float(pts[:, 0].mean()), float(pts[:, 1].mean()))
+            self._trap_misses = 0
+        if not was:
+            x, y = self._trapped_at
+            self._info(f"cell trapped at x={x:.0f}, y={y:.0f} px")
+
+    def _watch_trap(self, image: np.ndarray) -> None:
+        """Camera thread, throttled: keep the ``trapped`` flag up to date, announce changes."""
+        now = time.monotonic()
+        if now < self._trap_next_check or self._state not in (
+            RigState.TRAPPING, RigState.ROTATING, RigState.RECONSTRUCTING
+        ):
+            return
+        self._trap_next_check = now + TRAP_CHECK_INTERVAL_S
+        c = cell_centroid(image)
+        if not self._trapped:
+            if c is None:
+                self._trap_seen.clear()
+                return
+            self._trap_seen.append(c)
+            if len(self._trap_seen) == self._trap_seen.maxlen:
+                pts = np.array(self._trap_seen)
+                if float(np.max(np.linalg.norm(pts - pts.mean(0), axis=1))) <= TRAP_TOLERANCE_PX:
+                    self._mark_trapped(pts)
+            return
+        # trapped: lost when the cell disappears or leaves the trap (it turns in place)
+        cell_px = self.config.simulation.cell_diameter_um / self.config.optics.object_pixel_um
+        far = c is not None and self._trapped_at is not None and (
+            float(np.hypot(c[0] - self._trapped_at[0], c[1] - self._trapped_at[1])) > max(10.0, 0.5 * cell_px)
+        )
+        self._trap_misses = self._trap_misses + 1 if (c is None or far) else 0
+        if self._trap_misses >= TRAP_LOST_CHECKS:
+            with self._state_lock:
+                self._trapped = False
+                self._trap_seen.clear()
+                self._trap_misses = 0
+            self._info("the cell left the trap", "warning")
 
     def rotate(self) -> None:
         """Start recording and turning the ellipse: ROTATING."""
@@ -500,6 +562,57 @@ class RigController:
         if self._sequencer is not None and hasattr(self._sequencer, "set_correction"):
             self._sequencer.set_correction(calibration)
 
+    def calibration_wizard(self) -> Any:
+        """A :class:`~mcf_rotator.calibration.wizard.CalibrationWizard` on this rig's SLM and
+        calibration camera (only between runs: the trap must not be holding a cell).
+
+        Its calibration mode opens the SLM, calibration camera and laser (the fibre must be
+        lit to show fringes) and ``leave_calibration_mode()`` switches the laser off again;
+        ``apply`` installs the new correction here (:meth:`set_calibration`), so the next run
+        uses it. Each call builds a new wizard starting from the active calibration.
+        """
+        from mcf_rotator.calibration.wizard import CalibrationWizard
+        from mcf_rotator.errors import CalibrationError
+
+        self._require("calibrate", RigState.IDLE, RigState.ERROR)
+        rig = self.rig
+        if rig.calibration_camera is None:
+            raise CalibrationError("this rig has no calibration camera configured")
+        geometry, mapping = self._fibre_model()
+
+        def enter() -> None:
+            if self._state not in (RigState.IDLE, RigState.ERROR):
+                raise InvalidTransitionError(
+                    f"cannot calibrate while the rig is {self._state.value}: stop the run first"
+                )
+            for dev in (rig.slm, rig.calibration_camera, rig.trap):
+                if not dev.is_connected:
+                    dev.connect()
+            if not rig.trap.enabled:
+                rig.trap.set_enabled(True)
+
+        def leave() -> None:
+            try:
+                if rig.trap.is_connected and rig.trap.enabled and self._state in (RigState.IDLE, RigState.ERROR):
+                    rig.trap.set_enabled(False)
+                cam = rig.calibration_camera
+                if cam is not None and cam.is_connected and getattr(cam, "is_acquiring", False):
+                    cam.stop_acquisition()
+            except Exception as exc:  # noqa: BLE001 - reported, never fatal
+                log.warning("leaving calibration mode: %s", exc)
+
+        return CalibrationWizard(
+            rig.slm,
+            rig.calibration_camera,
+            geometry,
+            mapping,
+            on_apply=self.set_calibration,
+            previous=self.calibration,
+            grating_period_px=self.config.slm.grating_period_px,
+            on_enter=enter,
+            on_leave=leave,
+        )
+
     def reset(self) -> None:
         """Leave ERROR (or abort anything) and return to IDLE with devices released."""
         self._teardown()
@@ -579,16 +692,24 @@ class RigController:
         ft = list(self._frame_times)
         fps = (len(ft) - 1) / (ft[-1] - ft[0]) if len(ft) > 1 and ft[-1] > ft[0] else 0.0
         rec = self._recorder
+        dropped = self.ring.dropped
+        recorded = rec.frames_written if rec else 0
         return {
             "state": self._state.value,
+            # contract names (GUI, status line)
+            "fps": fps,
+            "dropped": dropped,
+            "queue_depth": self.ring.depth,
+            "recorded": recorded,
+            "coverage_deg": self._coverage,
+            "trapped": self._trapped,
+            # longer names kept for existing callers
             "camera_fps": fps,
             "frames_read": self._frames_read,
-            "dropped_frames": self.ring.dropped,
-            "queue_depth": self.ring.depth,
-            "recorded_frames": rec.frames_written if rec else 0,
+            "dropped_frames": dropped,
+            "recorded_frames": recorded,
             "recording_backlog": rec.backlog if rec else 0,
             "processed_frames": len(self._processed_record_idx),
-            "coverage_deg": self._coverage,
             "commanded_angle_deg": self._rotation.angle_deg if self._rotation is not None else None,
         }
 
@@ -614,6 +735,11 @@ class RigController:
         self._frame_times.clear()
         self._frames_read = 0
         self._coverage = 0.0
+        self._trapped = False
+        self._trapped_at = None
+        self._trap_seen.clear()
+        self._trap_misses = 0
+        self._trap_next_check = 0.0
         self._error_text = None
         self._last_result = None
         self._rotation = None
@@ -625,20 +751,9 @@ class RigController:
             if self.calibration is not None and hasattr(self._sequencer, "set_correction"):
                 self._sequencer.set_correction(self.calibration)
             return
-        from mcf_rotator.holography.mcf import SLMCoreMapping
         from mcf_rotator.holography.sequencer import EllipseSequencer
 
-        world = self.rig.world
-        if world is not None:
-            geometry, mapping = world.geometry, world.mapping
-        else:
-            from mcf_rotator.simulation.world import geometry_from_config
-
-            geometry = geometry_from_config(self.config)
-            s = self.config.slm
-            mapping = SLMCoreMapping.build(
-                geometry, (s.height, s.width), s.pixel_pitch_um, self.config.fibre.slm_to_facet_magnification
-            )
+        geometry, mapping = self._fibre_model()
         gen = self.hologram_generator or default_hologram_generator(self.config, geometry)
         self.hologram_generator = gen
         self._sequencer = EllipseSequencer(
@@ -650,6 +765,30 @@ class RigController:
             axes=self.config.rotation.ellipse_axes,
             grating_period_px=self.config.slm.grating_period_px,
         )
+        # one batched pass: every angle step gets the hologram whose realised beam points at
+        # the command, so the cell turns evenly (and the SLM thread never waits for a hologram)
+        try:
+            self._sequencer.precompute()
+        except Exception as exc:  # noqa: BLE001 - the lazy per-step path still works
+            log.warning("hologram precompute failed (%s); holograms are made on demand", exc)
+
+    def _fibre_model(self) -> tuple[Any, Any]:
+        """(MCFGeometry, SLMCoreMapping) of this rig: the simulated world's, else from the config
+        (built once per controller)."""
+        world = self.rig.world
+        if world is not None:
+            return world.geometry, world.mapping
+        if self._fibre is None:
+            from mcf_rotator.holography.mcf import SLMCoreMapping
+            from mcf_rotator.simulation.world import geometry_from_config
+
+            geometry = geometry_from_config(self.config)
+            s = self.config.slm
+            mapping = SLMCoreMapping.build(
+                geometry, (s.height, s.width), s.pixel_pitch_um, self.config.fibre.slm_to_facet_magnification
+            )
+            self._fibre = (geometry, mapping)
+        return self._fibre
 
     def _new_run_dir(self) -> Path:
         if self.run_dir_override is not None:
@@ -714,6 +853,10 @@ class RigController:
                     continue
                 self._frames_read += 1
                 self._frame_times.append(time.monotonic())
+                try:
+                    self._watch_trap(frame.image)
+                except Exception:  # noqa: BLE001 - the trap watch never stops the camera
+                    log.debug("trap watch failed", exc_info=True)
                 rec = self._recorder
                 rot = self._rotation
                 if (

@@ -23,7 +23,7 @@ from mcf_rotator.errors import ReconstructionError
 from mcf_rotator.reconstruction.detection import ClassicalDetector, Detector, to_gray_float
 from mcf_rotator.reconstruction.fbp import fbp
 from mcf_rotator.reconstruction.incremental import IncrementalReconstructor, VolumeSnapshot
-from mcf_rotator.reconstruction.refinement import Refinement, refine_angles
+from mcf_rotator.reconstruction.refinement import Refinement, match_projections, moment_angles, refine_angles
 from mcf_rotator.reconstruction.segmentation import ClassicalSegmenter, Segmenter, border_level, enclosing_circle, outer_contour
 from mcf_rotator.reconstruction.tracking import RotationTracker, TrackerConfig, scale_search
 
@@ -36,13 +36,18 @@ def estimate_angles(
     projections: np.ndarray,
     smooth: float = 100.0,
     rounds: int = 2,
+    per_frame: bool = True,
+    match_iterations: int = 2,
 ) -> tuple[np.ndarray, Refinement | None, dict[str, Any]]:
     """Angles of a finished sweep: track fit and mirror symmetry, alternated.
 
     1. rate: periodogram of all orbit tracks over a uniform trace (robust to a wrong nominal
        step); 2. mirror refinement of that trace (axis offset, tilt, 180 deg partners);
     3. ``rounds`` x (joint orbit fit of all tracks started from the refined angles with the
-    mirror tilt, then mirror refinement again). Sweeps under 180 deg skip the mirror steps.
+    mirror tilt, then mirror refinement again); 4. (``per_frame``) every frame's own angle, with
+    no smoothness prior (a trapped cell turns in bursts and pauses): the Helgason-Ludwig moment
+    fit of all rows (:func:`moment_angles`), then projection matching against the volume
+    (:func:`match_projections`). Sweeps under 180 deg skip the mirror and per-frame steps.
     ``projections`` (T, H, W) line integrals of the same frames the tracker saw.
     Returns (angles deg, last refinement or None, info).
     """
@@ -76,6 +81,20 @@ def estimate_angles(
             info["flags"].append(f"mirror refinement failed on the fitted angles: {exc}")
             ang = fit
             break
+    if per_frame and ref is not None:
+        # per-frame angles are kept only if the projections agree better with their volume
+        # (median leave-half-out NCC): a guard against a search that locked on wrong minima
+        off, tilt = ref.axis_offset_px, ref.tilt_deg
+        base = float(np.median(match_projections(projections, ang, off, tilt, iterations=0)[1]["scores"]))
+        cand = moment_angles(projections, ang, off, tilt)
+        if match_iterations > 0:
+            cand = match_projections(projections, cand, off, tilt, iterations=match_iterations)[0]
+        score = float(np.median(match_projections(projections, cand, off, tilt, iterations=0)[1]["scores"]))
+        info["match_score"] = {"before": base, "after": score}
+        if score > base:
+            ang = cand
+        else:
+            info["flags"].append(f"per-frame angles rejected (match {score:.4f} <= {base:.4f})")
     return ang - ang[0], ref, info
 
 
@@ -89,7 +108,9 @@ class LivePipelineConfig:
     nominal_step_deg: float = 1.0
     filter_name: str = "ramp"
     refine: bool = True
-    smooth: float = 100.0  # angular-acceleration penalty of the final angles (0: none)
+    smooth: float = 100.0  # angular-acceleration penalty of the mirror-warped start angles (0: none)
+    per_frame: bool = True  # final per-frame angles: moment fit + projection matching (no smoothness)
+    match_iterations: int = 2
     min_frames: int = 20
     detector: Detector | None = None
     segmenter: Segmenter | None = None
@@ -204,7 +225,8 @@ class LivePipeline:
         if angles_deg is not None:
             ang = np.asarray(angles_deg, np.float64)
         elif self.cfg.refine:
-            ang, ref, info = estimate_angles(self.tracker, proj, smooth=self.cfg.smooth)
+            ang, ref, info = estimate_angles(self.tracker, proj, smooth=self.cfg.smooth, per_frame=self.cfg.per_frame,
+                                             match_iterations=self.cfg.match_iterations)
             report["flags"] += info.pop("flags")
             report.update(info)
             if ref is not None:

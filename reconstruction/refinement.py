@@ -294,3 +294,176 @@ def refine_angles(
     scale = float((cur[-1] - cur[0]) / (a[-1] - a[0])) if a[-1] != a[0] else 1.0
     anchors = [(float(t), float(tp)) for t, tp, _ in pairs]
     return Refinement(cur, float(off), float(tilt), anchors, err, scale, {"n_pairs": len(pairs)})
+
+
+# --------------------------------------------------------------------------- projection matching
+def _ncc_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """NCC of every row of ``a`` (n, P) with the vector ``b`` (P,)."""
+    a = a - a.mean(axis=1, keepdims=True)
+    b = b - b.mean()
+    return (a @ b) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b), 1e-12)
+
+
+def match_projections(
+    projections: np.ndarray,
+    angles_deg: np.ndarray,
+    axis_offset_px: float = 0.0,
+    tilt_deg: float = 0.0,
+    iterations: int = 3,
+    search_deg: tuple[float, ...] = (5.0, 3.0, 2.0),
+    step_deg: float = 0.5,
+    filter_name: str = "hann",
+    blur_px: float = 1.0,
+) -> tuple[np.ndarray, dict]:
+    """Per-frame angles by projection matching: reproject the FBP volume, pick each frame's angle.
+
+    Why: the tracked (and mirror-warped) angles carry the smoothness of their priors, while the
+    trapped cell turns in bursts and pauses. Every frame is compared (normalised correlation) with
+    reprojections of the current reconstruction on an angle grid (``step_deg``) within
+    ``search_deg`` of its current angle; a parabola through the best three gives the sub-step
+    angle. Frames are split into two interleaved halves and each half is matched against the
+    volume of the other (a frame's own back-projection would pull the match to its current
+    angle). The frame-0 gauge is kept (all angles shifted so frame 0 keeps its angle).
+    ``iterations=0`` only scores the given angles. Returns (angles deg, info with the per-frame
+    best NCC ``scores``).
+    """
+    from mcf_rotator.reconstruction.fbp import BackProjector, fbp, undo_tilt
+
+    p = np.asarray(projections, np.float32)
+    a = np.asarray(angles_deg, np.float64).copy()
+    n, h, w = p.shape
+    axis_col = (w - 1) / 2.0 + axis_offset_px
+    pt = undo_tilt(p, tilt_deg, axis_col)
+    # rows and columns the cell occupies (the rest is background and costs time)
+    r0, r1, halfw = _cell_extent(pt, axis_col)
+    half = int(np.ceil(halfw)) + 2
+    c0 = int(np.floor(axis_col)) - half
+    c1 = c0 + 2 * half + 1
+    pad_l, pad_r = max(0, -c0), max(0, c1 - w)
+    sub = np.pad(pt[:, r0:r1], ((0, 0), (0, 0), (pad_l, pad_r)))[:, :, c0 + pad_l : c1 + pad_l]
+    off = axis_col - (c0 + (c1 - c0 - 1) / 2.0)
+    if blur_px > 0:
+        sub_m = np.stack([cv2.GaussianBlur(s, (0, 0), blur_px) for s in sub])
+    else:
+        sub_m = sub
+    ncol = sub.shape[2]
+    grid = np.arange(0.0, 360.0, step_deg)
+    fwd = BackProjector(grid, ncol, ncol, off, np.full(grid.size, 2.0), circle=True).matrix.T.tocsr()
+    halves = [np.arange(0, n, 2), np.arange(1, n, 2)]
+    info: dict = {"scores": None, "crop": (int(r0), int(r1), int(c0), int(c1))}
+    score = np.zeros(n)
+    for it in range(max(iterations, 1)):
+        # iterations == 0: only score the given angles (window 0)
+        win = search_deg[min(it, len(search_deg) - 1)] if iterations > 0 else 0.0
+        new = a.copy()
+        for k in range(2):
+            src, dst = halves[1 - k], halves[k]
+            vol = fbp(sub[src], a[src], axis_offset_px=off, weights="circular", filter_name=filter_name, size=ncol)
+            pix = vol.reshape(vol.shape[0], -1)  # (H', size*size)
+            _, keep = _circle_pixels(ncol)
+            reproj = (fwd @ np.ascontiguousarray(pix[:, keep].T))  # (grid*ncol, H')
+            reproj = reproj.reshape(grid.size, ncol, -1).transpose(0, 2, 1).reshape(grid.size, -1)
+            if blur_px > 0:
+                reproj = np.stack([cv2.GaussianBlur(r.reshape(-1, ncol), (0, 0), blur_px).ravel() for r in reproj])
+            rc = reproj - reproj.mean(axis=1, keepdims=True)
+            rc /= np.maximum(np.linalg.norm(rc, axis=1, keepdims=True), 1e-12)
+            for t in dst:
+                cand = np.arange(a[t] - win, a[t] + win + 0.5 * step_deg, step_deg)
+                gi = np.rint(np.mod(cand, 360.0) / step_deg).astype(int) % grid.size
+                x = sub_m[t].ravel().astype(np.float64)
+                x = x - x.mean()
+                sc = (rc[gi] @ x) / max(np.linalg.norm(x), 1e-12)
+                j = int(np.argmax(sc))
+                score[t] = sc[j]
+                if 0 < j < sc.size - 1:
+                    new[t] = cand[j] + step_deg * (_subframe(sc, j) - j)
+                else:
+                    new[t] = cand[j]
+        if iterations > 0:
+            a = new - new[0] + a[0]
+    info["scores"] = score
+    return a, info
+
+
+def _circle_pixels(size: int) -> tuple[np.ndarray, np.ndarray]:
+    c = (size - 1) / 2.0
+    ax = np.arange(size) - c
+    z, x = np.meshgrid(ax, ax, indexing="ij")
+    keep = np.flatnonzero(np.hypot(x, z).ravel() <= c + 0.5)
+    return ax, keep
+
+
+def _cell_extent(p: np.ndarray, axis_col: float) -> tuple[int, int, float]:
+    """(first row, last row + 1, half width in columns about the axis) of the cell in a stack."""
+    m = np.abs(np.asarray(p, np.float32)).mean(axis=0)
+    prof_r = m.mean(axis=1)
+    prof_c = m.mean(axis=0)
+    br, bc = np.median(prof_r), np.median(prof_c)
+    rows = np.flatnonzero(prof_r - br > 0.2 * (prof_r.max() - br))
+    cols = np.flatnonzero(prof_c - bc > 0.1 * (prof_c.max() - bc))
+    h, w = m.shape
+    if rows.size == 0 or cols.size == 0:
+        return 0, h, (w - 1) / 2.0
+    half = max(abs(cols[0] - axis_col), abs(cols[-1] - axis_col)) + 2.0
+    return int(max(0, rows[0] - 1)), int(min(h, rows[-1] + 2)), float(min(half, (w - 1) / 2.0))
+
+
+def _trig_design(th: np.ndarray, order: int) -> np.ndarray:
+    cols = [np.ones_like(th)]
+    for j in range(1, order + 1):
+        cols += [np.cos(j * th), np.sin(j * th)]
+    return np.stack(cols, 1)
+
+
+def moment_angles(
+    projections: np.ndarray,
+    angles_deg: np.ndarray,
+    axis_offset_px: float = 0.0,
+    tilt_deg: float = 0.0,
+    order: int = 4,
+    search_deg: float = 8.0,
+    step_deg: float = 0.1,
+    iterations: int = 8,
+) -> np.ndarray:
+    """Per-frame angles from the Helgason-Ludwig consistency of every row's projection moments.
+
+    Why: the k-th moment ``sum_s s^k P(row, s, theta)`` of a parallel projection about the axis
+    is a trigonometric polynomial of degree k in theta (harmonics k, k-2, ...), whatever the cell
+    looks like. Fitting those polynomials for every row and moment and re-solving each frame's
+    angle (grid search within ``search_deg``) needs no smoothness of the rotation and no tracks;
+    it breaks the 180 deg-periodic warps the mirror symmetry cannot see. Alternates coefficient
+    fit (linear least squares, per-series noise weights) and per-frame angle search; frame 0
+    keeps its angle. Returns angles (deg).
+    """
+    from mcf_rotator.reconstruction.fbp import undo_tilt
+
+    a = np.asarray(angles_deg, np.float64)
+    n, h, w = np.shape(projections)
+    axis_col = (w - 1) / 2.0 + axis_offset_px
+    p = undo_tilt(np.asarray(projections, np.float32), tilt_deg, axis_col).astype(np.float64)
+    r0, r1, half = _cell_extent(p, axis_col)
+    s = (np.arange(w) - axis_col) / max(half, 1.0)
+    cm = np.abs(s) <= 1.0
+    pb = p[:, r0:r1][:, :, cm]
+    sb = s[cm]
+    y = np.stack([pb @ sb**k for k in range(order + 1)], 2).reshape(n, -1)  # (T, rows * moments)
+    kk = np.tile(np.arange(order + 1), r1 - r0)
+    allowed = np.ones((2 * order + 1, kk.size), bool)
+    for j in range(1, order + 1):
+        allowed[2 * j - 1] = allowed[2 * j] = (j <= kk) & ((kk - j) % 2 == 0)
+    th = np.deg2rad(a - a[0])
+    offs = np.deg2rad(np.arange(-search_deg, search_deg + 0.5 * step_deg, step_deg))
+    for _ in range(iterations):
+        c, *_ = np.linalg.lstsq(_trig_design(th, order), y, rcond=None)
+        c = np.where(allowed, c, 0.0)
+        res = y - _trig_design(th, order) @ c
+        wt = 1.0 / np.maximum((res**2).mean(axis=0), 1e-18)
+        new = th.copy()
+        for t in range(1, n):
+            cand = th[t] + offs
+            d = _trig_design(cand, order) @ c - y[t]
+            new[t] = cand[int(np.argmin((d * d) @ wt))]
+        if np.max(np.abs(new - th)) < 1e-9:
+            break
+        th = new
+    return a[0] + np.rad2deg(th)

@@ -140,3 +140,58 @@ def test_wizard_steps_apply_verify_and_drift(geo, tmp_path):
     with pytest.raises(CalibrationError, match="carrier"):
         wiz2.fourier_plane()
     assert wiz2.active is rec and installed == [rec]
+
+
+def test_laser_off_gives_a_dark_frame_and_a_plain_calibration_error():
+    """Laser off: the hologram camera reads out a dark frame (not a ZeroDivisionError) and the
+    wizard says what is wrong."""
+    from mcf_rotator.calibration.offaxis import check_signal
+    from mcf_rotator.config import RigConfig
+    from mcf_rotator.drivers.simulated import SimulatedCalibrationCamera, SimulatedSLM
+    from mcf_rotator.simulation.hologram_camera import HologramOptics, render_hologram
+    from mcf_rotator.simulation.world import SimulatedWorld
+
+    g = MCFGeometry.hexagonal()
+    optics = HologramOptics(shape=(128, 128))
+    dark, meta = render_hologram(g, np.zeros(g.n_cores), np.zeros(g.n_cores), optics, np.random.default_rng(0))
+    assert dark.shape == (128, 128) and dark.max() < 0.01 * optics.max_count
+    assert meta["saturated_fraction"] == 0.0
+    with pytest.raises(CalibrationError, match="no light on the calibration camera: is the trap laser on"):
+        check_signal(dark, optics.max_count)
+    with pytest.raises(CalibrationError, match="no light"):
+        check_signal(np.full((64, 64), 7, np.uint16))  # flat, full scale unknown
+    noise = np.random.default_rng(1).normal(100.0, 2.0, (128, 128))
+    with pytest.raises(CalibrationError, match="no light"):
+        check_signal(noise)  # read noise on an offset, full scale unknown
+    with pytest.raises(CalibrationError, match="no light"):
+        retrieve_phase(dark, g, optics.facet_um_per_px, full_scale=optics.max_count)
+
+    world = SimulatedWorld(RigConfig())
+    assert not world.laser_enabled
+    slm, cam = SimulatedSLM(world), SimulatedCalibrationCamera(world, HologramOptics(shape=(320, 320)))
+    slm.connect()
+    cam.connect()
+    wiz = CalibrationWizard(slm, cam, world.geometry, world.mapping)
+    wiz.enter_calibration_mode()
+    with pytest.raises(CalibrationError, match="no light on the calibration camera: is the trap laser on"):
+        wiz.capture_hologram()
+    assert wiz.image is None  # nothing to retrieve from
+    with pytest.raises(CalibrationError, match="capture a hologram first"):
+        wiz.fourier_plane()
+    world.set_laser(True)  # the operator switches the laser on and retries
+    out = wiz.capture_hologram()
+    assert out["max_count"] > 0.05 * cam_full_scale(cam)
+    check_signal(out["image"], cam_full_scale(cam))
+
+
+def cam_full_scale(cam) -> float:
+    return float(2 ** int(cam.bit_depth) - 1)
+
+
+def test_check_signal_accepts_real_holograms(geo):
+    from mcf_rotator.calibration.offaxis import check_signal
+
+    rng = np.random.default_rng(3)
+    img = hologram(geo, rng.uniform(-np.pi, np.pi, geo.n_cores))
+    check_signal(img, FULL)
+    check_signal(img)

@@ -13,7 +13,8 @@ the carrier ramp to get ``phi_n``. ``fx, fy`` (cycles/pixel) put the +1 order we
 autocorrelation (default |f| = 0.28 cyc/px, Nyquist 0.5). The reference amplitude is a
 fraction of the mean peak core amplitude; counts are scaled so an unsaturated peak sits at
 ``fill`` of full scale, ``saturation > 1`` over-exposes. Shot and read noise as in the
-brightfield camera; ``reference_blocked`` gives the intensity-only image (|E_mcf|^2).
+brightfield camera; ``reference_blocked`` gives the intensity-only image (|E_mcf|^2). All amplitudes zero (the
+laser off) give a dark frame: read noise only.
 """
 
 from __future__ import annotations
@@ -86,7 +87,11 @@ def render_hologram(
         ramp_c = np.exp(-2j * np.pi * fx * (np.arange(w) - cx))[None, :]
         intensity = np.abs(field + ref_amp * (ramp_r * ramp_c)) ** 2
         peak = (float(np.max(np.abs(amps))) + ref_amp) ** 2
-    counts = intensity * (optics.fill * optics.saturation * optics.max_count / peak)
+    # no light (laser off: every core dark, and the reference is split off the same laser):
+    # the camera still reads out, a dark frame of read noise only
+    lit = peak > 1e-12 and bool(np.any(amps != 0))
+    scale = optics.fill * optics.saturation * optics.max_count / peak if lit else 0.0
+    counts = intensity * scale
     if optics.noise:
         var = counts / optics.electrons_per_count + optics.read_noise**2
         counts = counts + np.sqrt(var) * rng.standard_normal((h, w))
