@@ -41,7 +41,48 @@ def build_controller(config_path: str | Path | None, simulate: bool, settings: A
     # an operator watches in real time: pace the simulated world with the wall clock, so the
     # camera runs at its frame rate and the pipeline takes the newest frames it can
     rig = build_rig(config, realtime=True)
-    return RigController(config, rig=rig)
+    return RigController(config, rig=rig, calibration=initial_calibration(config, rig))
+
+
+def initial_calibration(config: Any, rig: Any) -> Any:
+    """The per-core correction a session starts with (``None``: uncorrected).
+
+    The newest record for this fibre in the config's ``paths.calibration_dir`` (only an
+    explicitly configured folder is read: never a default or relative one, whose contents
+    would depend on where the app was started). Without one, a simulated rig starts
+    "factory calibrated" with its own world's exact correction - as the demo does - so the
+    distorted simulated fibre does not scramble the ellipse and lose the cell; a re-bend
+    (drift check) then asks for the wizard as on the real rig. Each call builds a new record
+    from this rig's own world: nothing is shared between controllers.
+    """
+    from mcf_rotator.calibration.record import CalibrationRecord, latest_record
+
+    world = getattr(rig, "world", None)
+    geometry = getattr(world, "geometry", None)
+    cal_dir = getattr(getattr(config, "paths", None), "calibration_dir", None)
+    if cal_dir is not None and Path(cal_dir).is_dir():
+        try:
+            rec = latest_record(cal_dir)
+            if rec is not None:
+                if geometry is not None:
+                    rec.check_fibre(geometry.fibre_id, geometry.n_cores)
+                log.info("using calibration %s from %s", rec.calibration_id, cal_dir)
+                return rec
+        except Exception as exc:  # noqa: BLE001 - a bad record must not block start-up
+            log.warning("calibration in %s not usable (%s); starting without it", cal_dir, exc)
+    if world is None or not hasattr(world, "fibre"):
+        return None
+    cam = getattr(rig, "calibration_camera", None)
+    carrier = getattr(getattr(cam, "optics", None), "carrier_cyc_per_px", (0.0, 0.0))
+    seed = getattr(getattr(config, "simulation", None), "seed", 0)
+    return CalibrationRecord(
+        fibre_id=geometry.fibre_id,
+        correction_rad=[float(v) for v in world.fibre.correction()],
+        carrier_cyc_per_px=(float(carrier[0]), float(carrier[1])),
+        fit_quality={"source": "simulator (exact)"},
+        residual_rms_rad=0.0,
+        calibration_id=f"simulated-ideal-seed{seed}",
+    )
 
 
 def install_excepthook(window: Any) -> None:
