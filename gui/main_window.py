@@ -302,7 +302,10 @@ class MainWindow(QMainWindow):
         self.status_dropped = QLabel("dropped 0")
         self.status_queue = QLabel("queue 0")
         self.status_recorded = QLabel("recorded 0")
-        for w in (self.status_state, self.status_fps, self.status_dropped, self.status_queue, self.status_recorded):
+        self.status_trapped = QLabel("no cell trapped")
+        self.status_trapped.setObjectName("trappedIndicator")
+        for w in (self.status_state, self.status_trapped, self.status_fps, self.status_dropped, self.status_queue,
+                  self.status_recorded):
             w.setContentsMargins(6, 0, 6, 0)
             sb.addPermanentWidget(w)
 
@@ -327,11 +330,20 @@ class MainWindow(QMainWindow):
         except Exception as exc:
             log.debug("stats unavailable: %s", exc)
             return
-        cam_fps = stat(get, "camera_fps", "fps")
+        cam_fps = stat(get, "fps", "camera_fps")
         self.status_fps.setText(f"camera {cam_fps:.1f} fps | view {self.live_view.fps:.1f} fps")
-        self.status_dropped.setText(f"dropped {int(stat(get, 'dropped_frames', 'dropped'))}")
+        self.status_dropped.setText(f"dropped {int(stat(get, 'dropped', 'dropped_frames'))}")
         self.status_queue.setText(f"queue {int(stat(get, 'queue_depth'))}")
-        self.status_recorded.setText(f"recorded {int(stat(get, 'recorded_frames', 'recorded'))}")
+        self.status_recorded.setText(f"recorded {int(stat(get, 'recorded', 'recorded_frames'))}")
+        self.show_trapped(get("trapped", None))
+
+    def show_trapped(self, trapped: Any) -> None:
+        """Status-bar indicator: is a cell held in the trap (None: the controller does not say)?"""
+        self.status_trapped.setVisible(trapped is not None)
+        if trapped is None:
+            return
+        self.status_trapped.setText("cell trapped" if trapped else "no cell trapped")
+        self.status_trapped.setStyleSheet("color:#007000; font-weight:bold;" if trapped else "color:#606060;")
 
     # ------------------------------------------------------------------ commands
     def run_command(self, name: str, fn: Callable[[], Any], wait: bool = False) -> bool:

@@ -174,8 +174,9 @@ class LockstepRotation:
 def cell_centroid(image: np.ndarray) -> tuple[float, float] | None:
     """(x, y) of the largest absorbing blob in a brightfield image, or None if there is none.
 
-    Optical depth -log(I / background) with the median as background; the blob is what is
-    darker than half of the strongest absorption (and clearly above the noise).
+    Optical depth -log(I / background) with the median as background, minus its per-column
+    median (capillary walls run along the columns); the blob is what is darker than half of
+    the strongest absorption (and clearly above the noise).
     """
     import cv2
 
@@ -187,6 +188,9 @@ def cell_centroid(image: np.ndarray) -> tuple[float, float] | None:
     if bg <= 0:
         return None
     od = -np.log(np.clip(small / bg, 1e-3, None))
+    # capillary walls are dark columns along the whole frame: remove what every row shares,
+    # so a wall is never taken for the cell (a cell covers well under half of the rows)
+    od = od - np.median(od, axis=0, keepdims=True)
     od = cv2.GaussianBlur(od, (5, 5), 1.5)
     noise = 1.4826 * float(np.median(np.abs(od - np.median(od)))) + 1e-6
     peak = float(od.max())

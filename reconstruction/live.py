@@ -37,7 +37,7 @@ def estimate_angles(
     smooth: float = 100.0,
     rounds: int = 2,
     per_frame: bool = True,
-    match_iterations: int = 2,
+    match_iterations: int = 8,
 ) -> tuple[np.ndarray, Refinement | None, dict[str, Any]]:
     """Angles of a finished sweep: track fit and mirror symmetry, alternated.
 
@@ -110,7 +110,7 @@ class LivePipelineConfig:
     refine: bool = True
     smooth: float = 100.0  # angular-acceleration penalty of the mirror-warped start angles (0: none)
     per_frame: bool = True  # final per-frame angles: moment fit + projection matching (no smoothness)
-    match_iterations: int = 2
+    match_iterations: int = 8
     min_frames: int = 20
     detector: Detector | None = None
     segmenter: Segmenter | None = None

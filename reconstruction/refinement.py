@@ -309,11 +309,14 @@ def match_projections(
     angles_deg: np.ndarray,
     axis_offset_px: float = 0.0,
     tilt_deg: float = 0.0,
-    iterations: int = 3,
-    search_deg: tuple[float, ...] = (5.0, 3.0, 2.0),
+    iterations: int = 8,
+    search_deg: tuple[float, ...] = (3.0,),
     step_deg: float = 0.5,
     filter_name: str = "hann",
     blur_px: float = 1.0,
+    highpass_px: float = 3.0,
+    stretch_gain: float = 0.0,
+    keep_modes: int = 0,
 ) -> tuple[np.ndarray, dict]:
     """Per-frame angles by projection matching: reproject the FBP volume, pick each frame's angle.
 
@@ -323,8 +326,12 @@ def match_projections(
     ``search_deg`` of its current angle; a parabola through the best three gives the sub-step
     angle. Frames are split into two interleaved halves and each half is matched against the
     volume of the other (a frame's own back-projection would pull the match to its current
-    angle). The frame-0 gauge is kept (all angles shifted so frame 0 keeps its angle).
-    ``iterations=0`` only scores the given angles. Returns (angles deg, info with the per-frame
+    angle), the second half against the first half's new angles. The frame-0 gauge is kept (all angles shifted so frame 0 keeps its angle).
+    Images are compared after a ``blur_px`` Gaussian and with the ``highpass_px`` Gaussian
+    subtracted (the granules carry the angle; the smooth body barely does). Known limit: a
+    warp ``a sin(2 theta) + b cos(2 theta)`` of the angles (the reconstruction then comes out
+    slightly stretched) is only weakly seen by the match, so the result keeps much of that
+    part of the start's error. ``iterations=0`` only scores the given angles. Returns (angles deg, info with the per-frame
     best NCC ``scores``).
     """
     from mcf_rotator.reconstruction.fbp import BackProjector, fbp, undo_tilt
@@ -342,33 +349,42 @@ def match_projections(
     pad_l, pad_r = max(0, -c0), max(0, c1 - w)
     sub = np.pad(pt[:, r0:r1], ((0, 0), (0, 0), (pad_l, pad_r)))[:, :, c0 + pad_l : c1 + pad_l]
     off = axis_col - (c0 + (c1 - c0 - 1) / 2.0)
-    if blur_px > 0:
-        sub_m = np.stack([cv2.GaussianBlur(s, (0, 0), blur_px) for s in sub])
-    else:
-        sub_m = sub
+    def prep(img: np.ndarray) -> np.ndarray:
+        out = cv2.GaussianBlur(img, (0, 0), blur_px) if blur_px > 0 else img
+        return out - cv2.GaussianBlur(img, (0, 0), highpass_px) if highpass_px > 0 else out
+
+    sub_m = np.stack([prep(s) for s in sub])
     ncol = sub.shape[2]
     grid = np.arange(0.0, 360.0, step_deg)
     fwd = BackProjector(grid, ncol, ncol, off, np.full(grid.size, 2.0), circle=True).matrix.T.tocsr()
     halves = [np.arange(0, n, 2), np.arange(1, n, 2)]
     info: dict = {"scores": None, "crop": (int(r0), int(r1), int(c0), int(c1))}
     score = np.zeros(n)
+    stretch = np.full(n, np.nan)
+    ncol_axis = (ncol - 1) / 2.0 + off
+    a0 = float(a[0])
     for it in range(max(iterations, 1)):
         # iterations == 0: only score the given angles (window 0)
         win = search_deg[min(it, len(search_deg) - 1)] if iterations > 0 else 0.0
         new = a.copy()
         for k in range(2):
             src, dst = halves[1 - k], halves[k]
-            vol = fbp(sub[src], a[src], axis_offset_px=off, weights="circular", filter_name=filter_name, size=ncol)
+            # Gauss-Seidel: the second half is matched against the first half's new angles
+            # (updating both halves at once makes their relative offset oscillate)
+            cur = new if iterations > 0 else a
+            vol = fbp(sub[src], cur[src], axis_offset_px=off, weights="circular", filter_name=filter_name, size=ncol)
             pix = vol.reshape(vol.shape[0], -1)  # (H', size*size)
             _, keep = _circle_pixels(ncol)
             reproj = (fwd @ np.ascontiguousarray(pix[:, keep].T))  # (grid*ncol, H')
             reproj = reproj.reshape(grid.size, ncol, -1).transpose(0, 2, 1).reshape(grid.size, -1)
-            if blur_px > 0:
-                reproj = np.stack([cv2.GaussianBlur(r.reshape(-1, ncol), (0, 0), blur_px).ravel() for r in reproj])
+            raw = reproj
+            if blur_px > 0 or highpass_px > 0:
+                reproj = np.stack([prep(r.reshape(-1, ncol)).ravel() for r in reproj])
             rc = reproj - reproj.mean(axis=1, keepdims=True)
             rc /= np.maximum(np.linalg.norm(rc, axis=1, keepdims=True), 1e-12)
             for t in dst:
-                cand = np.arange(a[t] - win, a[t] + win + 0.5 * step_deg, step_deg)
+                m = int(round(win / step_deg))
+                cand = (np.round(a[t] / step_deg) + np.arange(-m, m + 1)) * step_deg  # on the grid
                 gi = np.rint(np.mod(cand, 360.0) / step_deg).astype(int) % grid.size
                 x = sub_m[t].ravel().astype(np.float64)
                 x = x - x.mean()
@@ -379,10 +395,52 @@ def match_projections(
                     new[t] = cand[j] + step_deg * (_subframe(sc, j) - j)
                 else:
                     new[t] = cand[j]
+                if stretch_gain > 0:
+                    stretch[t] = _best_stretch(raw[gi[j]].reshape(-1, ncol), x, prep, ncol_axis)
+        if stretch_gain > 0 and iterations > 0:
+            # a warp e = A sin 2theta - B cos 2theta of the angles makes the reconstruction an
+            # affinely stretched cell whose reprojections are wider by A cos 2theta + B sin 2theta
+            # than the frames: fit that pattern of the frames' best stretch and undo the warp
+            th = np.deg2rad(new)
+            dm = np.stack([np.ones_like(th), np.cos(2 * th), np.sin(2 * th)], 1)
+            ok = np.isfinite(stretch)
+            coef = np.linalg.lstsq(dm[ok], stretch[ok], rcond=None)[0]
+            e = coef[1] * np.sin(2 * th) - coef[2] * np.cos(2 * th)
+            new = new - stretch_gain * np.rad2deg(e)
+            info.setdefault("stretch_fit", []).append((float(coef[1]), float(coef[2])))
+        if keep_modes > 0 and iterations > 0:
+            # the match cannot see warps periodic in 180 deg (sin/cos of 2, 4.. theta): leave
+            # them as the start has them instead of letting them random-walk
+            th = np.deg2rad(a)
+            cols = [np.ones_like(th)]
+            for j in range(1, keep_modes + 1):
+                cols += [np.sin(2 * j * th), np.cos(2 * j * th)]
+            dm = np.stack(cols, 1)
+            d = new - a
+            new = new - dm @ np.linalg.lstsq(dm, d, rcond=None)[0]
         if iterations > 0:
-            a = new - new[0] + a[0]
+            a = new - new[0] + a0
     info["scores"] = score
     return a, info
+
+
+def _best_stretch(model: np.ndarray, frame_flat: np.ndarray, prep, axis: float,
+                  factors: np.ndarray = np.linspace(-0.04, 0.04, 9)) -> float:
+    """Relative horizontal stretch about column ``axis`` of ``model`` (H, W) that best matches the
+    prepared, mean-free frame (NCC, parabola through the best three)."""
+    h, w = model.shape
+    xn = frame_flat / max(np.linalg.norm(frame_flat), 1e-12)
+    sc = np.empty(factors.size)
+    for i, f in enumerate(factors):
+        m = np.array([[1.0 / (1 + f), 0.0, axis - axis / (1 + f)], [0.0, 1.0, 0.0]])
+        img = prep(cv2.warpAffine(model.astype(np.float32), m, (w, h), flags=cv2.INTER_LINEAR,
+                                  borderMode=cv2.BORDER_REPLICATE)).ravel().astype(np.float64)
+        img -= img.mean()
+        sc[i] = (img @ xn) / max(np.linalg.norm(img), 1e-12)
+    k = int(np.argmax(sc))
+    if k == 0 or k == sc.size - 1:
+        return float("nan")
+    return float(factors[k] + (factors[1] - factors[0]) * (_subframe(sc, k) - k))
 
 
 def _circle_pixels(size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -415,15 +473,19 @@ def _trig_design(th: np.ndarray, order: int) -> np.ndarray:
     return np.stack(cols, 1)
 
 
+_HL_CONSTRAINED = True
+
+
 def moment_angles(
     projections: np.ndarray,
     angles_deg: np.ndarray,
     axis_offset_px: float = 0.0,
     tilt_deg: float = 0.0,
-    order: int = 4,
+    order: int = 5,
     search_deg: float = 8.0,
     step_deg: float = 0.1,
     iterations: int = 8,
+    shift: bool = True,
 ) -> np.ndarray:
     """Per-frame angles from the Helgason-Ludwig consistency of every row's projection moments.
 
@@ -432,8 +494,9 @@ def moment_angles(
     looks like. Fitting those polynomials for every row and moment and re-solving each frame's
     angle (grid search within ``search_deg``) needs no smoothness of the rotation and no tracks;
     it breaks the 180 deg-periodic warps the mirror symmetry cannot see. Alternates coefficient
-    fit (linear least squares, per-series noise weights) and per-frame angle search; frame 0
-    keeps its angle. Returns angles (deg).
+    fit (linear least squares, per-series noise weights) and per-frame angle search (all
+    frames, the mean change removed); the result is shifted so frame 0 keeps its angle.
+    Returns angles (deg).
     """
     from mcf_rotator.reconstruction.fbp import undo_tilt
 
@@ -454,16 +517,35 @@ def moment_angles(
     th = np.deg2rad(a - a[0])
     offs = np.deg2rad(np.arange(-search_deg, search_deg + 0.5 * step_deg, step_deg))
     for _ in range(iterations):
-        c, *_ = np.linalg.lstsq(_trig_design(th, order), y, rcond=None)
-        c = np.where(allowed, c, 0.0)
-        res = y - _trig_design(th, order) @ c
+        dm = _trig_design(th, order)
+        c = np.zeros((dm.shape[1], y.shape[1]))
+        if _HL_CONSTRAINED:
+          for k in range(order + 1):  # least squares on the allowed harmonics of each moment
+            sel = kk == k
+            cols = np.flatnonzero(allowed[:, np.flatnonzero(sel)[0]])
+            c[np.ix_(cols, sel)] = np.linalg.lstsq(dm[:, cols], y[:, sel], rcond=None)[0]
+        else:
+            c = np.where(allowed, np.linalg.lstsq(dm, y, rcond=None)[0], 0.0)
+        res = y - dm @ c
         wt = 1.0 / np.maximum((res**2).mean(axis=0), 1e-18)
         new = th.copy()
-        for t in range(1, n):
+        nr = r1 - r0
+        for t in range(n):
             cand = th[t] + offs
-            d = _trig_design(cand, order) @ c - y[t]
+            mu = _trig_design(cand, order) @ c
+            d = mu - y[t]
+            if shift:
+                # a lateral shift dx of the cell adds k dx m_(k-1) to the k-th moment (linearised):
+                # solved per candidate in closed form
+                m3 = mu.reshape(cand.size, nr, order + 1)
+                g = np.zeros_like(m3)
+                g[:, :, 1:] = m3[:, :, :-1] * np.arange(1, order + 1)
+                g = g.reshape(cand.size, -1)
+                dx = -((g * d) @ wt) / np.maximum((g * g) @ wt, 1e-18)
+                d = d + dx[:, None] * g
             new[t] = cand[int(np.argmin((d * d) @ wt))]
+        new -= np.mean(new - th)  # frame 0 is searched too (it may be the odd one out)
         if np.max(np.abs(new - th)) < 1e-9:
             break
         th = new
-    return a[0] + np.rad2deg(th)
+    return a[0] + np.rad2deg(th - th[0])

@@ -189,3 +189,69 @@ def test_shutdown_mid_run(tmp_path: Path) -> None:
     assert ctl.state in (RigState.IDLE,)
     assert not any(t.name in ("camera", "pipeline") and t.is_alive() for t in threading.enumerate())
     assert not ctl.rig.camera.is_connected
+
+
+def test_stats_contract_names_and_trapped_flag(tmp_path: Path) -> None:
+    ctl, _ = _controller(tmp_path)
+    messages: list[tuple[str, str]] = []
+    ctl.events.message.connect(lambda level, text: messages.append((level, text)))
+    st = ctl.stats()
+    for key in ("fps", "dropped", "queue_depth", "recorded", "coverage_deg", "trapped",
+                "camera_fps", "dropped_frames", "recorded_frames"):
+        assert key in st, key
+    assert st["trapped"] is False
+    ctl.trap()
+    try:
+        # the controller watches the camera itself: no wait_trapped() call needed
+        assert _wait(lambda: ctl.stats()["trapped"], timeout=20.0)
+        assert ctl.trapped
+        assert ctl.wait_trapped(timeout_s=10)
+        trapped_msgs = [t for lvl, t in messages if "cell trapped" in t]
+        assert len(trapped_msgs) == 1  # announced once
+        st = ctl.stats()
+        assert st["fps"] == st["camera_fps"] and st["dropped"] == st["dropped_frames"]
+        assert st["recorded"] == st["recorded_frames"]
+    finally:
+        ctl.stop()
+    assert ctl.state == RigState.IDLE
+
+
+def test_calibration_wizard_on_the_simulated_rig(tmp_path: Path) -> None:
+    import numpy as np
+
+    from mcf_rotator.calibration.offaxis import wrap
+    from mcf_rotator.calibration.wizard import CalibrationWizard
+    from mcf_rotator.rig import build_rig
+
+    cfg = RigConfig()
+    rig = build_rig(cfg)
+    ctl = RigController(cfg, rig=rig, sequencer=FakeSequencer(), output_dir=tmp_path)
+    world = rig.world
+    wiz = ctl.calibration_wizard()
+    assert isinstance(wiz, CalibrationWizard)
+    assert wiz.slm is rig.slm and wiz.camera is rig.calibration_camera
+    assert not world.laser_enabled
+    wiz.enter_calibration_mode()
+    assert world.laser_enabled and rig.calibration_camera.is_connected  # fibre lit for fringes
+    rec = wiz.run(save_to=tmp_path / "cal.json")
+    assert ctl.calibration is rec  # installed for the next run
+    assert (tmp_path / "cal.json").is_file()
+    err = wrap(world.fibre.distortion + rec.correction)
+    err = wrap(err - np.angle(np.sum(np.exp(1j * err))))
+    assert float(np.sqrt(np.mean(err**2))) < 0.3
+    wiz.leave_calibration_mode()
+    assert not world.laser_enabled
+    # a fresh wizard starts from the active calibration; the drift check leaves the laser off
+    report = ctl.calibration_wizard().drift_check()
+    assert not report.needs_recalibration and not world.laser_enabled
+    ctl.shutdown()
+
+
+def test_calibration_wizard_refused_during_a_run(tmp_path: Path) -> None:
+    ctl, _ = _controller(tmp_path)
+    ctl.trap()
+    try:
+        with pytest.raises(InvalidTransitionError, match="calibrate"):
+            ctl.calibration_wizard()
+    finally:
+        ctl.stop()

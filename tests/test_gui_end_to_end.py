@@ -56,6 +56,9 @@ def test_click_trap_rotate_reconstruct_shows_cell(sim_window, qtbot):
     qtbot.waitUntil(lambda: bool(trapped), timeout=70000)
     waiter.join()
     assert trapped == [True], win.log_panel.plain_text()[-2000:]
+    # the controller reports the trapped cell by itself: status bar and log
+    qtbot.waitUntil(lambda: win.status_trapped.text() == "cell trapped", timeout=10000)
+    assert "cell trapped" in win.log_panel.plain_text()
     win.buttons["rotate"].click()
     qtbot.waitUntil(lambda: win.buttons["reconstruct"].isEnabled() and _state(win) == "ROTATING", timeout=30000)
     win.buttons["reconstruct"].click()

@@ -359,3 +359,16 @@ def test_no_leaked_top_level_widgets(qtbot, settings_file):
     visible = [w for w in QApplication.topLevelWidgets() if w.isVisible()]
     assert visible == []
     assert "shutdown" in ctrl.calls
+
+
+def test_trapped_indicator_follows_controller_stats(window_factory, qtbot):
+    win, ctrl = window_factory()
+    win.refresh_status()
+    assert not win.status_trapped.isVisibleTo(win)  # this controller does not report it
+    flag = {"trapped": False}
+    base = ctrl.stats
+    ctrl.stats = lambda: {**base(), **flag}
+    win.refresh_status()
+    assert win.status_trapped.isVisibleTo(win) and win.status_trapped.text() == "no cell trapped"
+    flag["trapped"] = True
+    qtbot.waitUntil(lambda: win.status_trapped.text() == "cell trapped", timeout=3000)

@@ -157,8 +157,10 @@ def sim_window(qtbot, tmp_path, monkeypatch):
     from mcf_rotator.gui.app import create_main_window
 
     monkeypatch.setenv("MCF_ROTATOR_SETTINGS", str(tmp_path / "gui_settings.json"))
+    monkeypatch.chdir(tmp_path)  # nothing lands in the working directory (relative default paths)
     win = create_main_window(simulate=True)
     win.controller.config.paths.output_dir = tmp_path
+    win.controller.output_dir = tmp_path
     qtbot.addWidget(win)
     win.show()
     qtbot.waitExposed(win)
@@ -170,6 +172,9 @@ def test_simulated_rebent_fibre_walkthrough(sim_window, qtbot, tmp_path):
     """Calibrate, re-bend the simulated fibre, see the drift check fail, recalibrate."""
     win = sim_window
     world = win.controller.rig.world
+    from mcf_rotator.calibration.wizard import CalibrationWizard
+
+    assert isinstance(win.controller.calibration_wizard(), CalibrationWizard)
     wiz = win.open_calibration_wizard()
     assert _walk(qtbot, wiz)[-1] == "save" and wiz.saved
     assert win.controller.calibration is not None  # installed for the next run
@@ -193,3 +198,5 @@ def test_simulated_rebent_fibre_walkthrough(sim_window, qtbot, tmp_path):
     assert wiz.saved
     qtbot.waitUntil(lambda: not win.drift_bar.isVisible(), timeout=3000)
     assert not win.check_drift().needs_recalibration
+    assert not world.laser_enabled  # calibration mode left: the laser is off again
+    assert not list(tmp_path.glob("mcf-rotator-data"))
