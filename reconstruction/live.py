@@ -5,8 +5,10 @@ thread, pulls :meth:`snapshot` for display and calls :meth:`finalize` at the end
 ROI crop is segmented (enclosing circle for display), resampled to the reconstruction grid,
 tracked there (corners + LK + slice centroids, :mod:`.tracking`) and back-projected at the live
 angle. :func:`estimate_angles` then alternates the joint orbit fit of all tracks with the
-180 deg mirror refinement (axis offset, tilt, drift-free angle scale) and the batch weighted FBP
-runs on the stored projections with the final angles and axis.
+180 deg mirror refinement (axis offset, tilt, drift-free angle scale), re-solves every frame's
+angle on its own (projection-moment consistency, then projection matching against the volume:
+no smoothness prior, since a trapped cell turns in stalls and bursts) and the batch weighted
+FBP runs on the stored projections with the final angles and axis.
 """
 
 from __future__ import annotations
@@ -23,7 +25,13 @@ from mcf_rotator.errors import ReconstructionError
 from mcf_rotator.reconstruction.detection import ClassicalDetector, Detector, to_gray_float
 from mcf_rotator.reconstruction.fbp import fbp
 from mcf_rotator.reconstruction.incremental import IncrementalReconstructor, VolumeSnapshot
-from mcf_rotator.reconstruction.refinement import Refinement, match_projections, moment_angles, refine_angles
+from mcf_rotator.reconstruction.refinement import (
+    Refinement,
+    match_projections,
+    mirror_residual,
+    moment_angles,
+    refine_angles,
+)
 from mcf_rotator.reconstruction.segmentation import ClassicalSegmenter, Segmenter, border_level, enclosing_circle, outer_contour
 from mcf_rotator.reconstruction.tracking import RotationTracker, TrackerConfig, scale_search
 
@@ -38,6 +46,7 @@ def estimate_angles(
     rounds: int = 2,
     per_frame: bool = True,
     match_iterations: int = 8,
+    min_match: float = 0.85,
 ) -> tuple[np.ndarray, Refinement | None, dict[str, Any]]:
     """Angles of a finished sweep: track fit and mirror symmetry, alternated.
 
@@ -78,23 +87,31 @@ def estimate_angles(
             ref = refine_angles(projections, fit, offset0=ref.axis_offset_px, tilt0=ref.tilt_deg, smooth=smooth)
             ang = ref.angles_deg
         except ReconstructionError as exc:
+            # the fit lost the mirror partners: keep the last refined angles, not the fit
             info["flags"].append(f"mirror refinement failed on the fitted angles: {exc}")
-            ang = fit
             break
     if per_frame and ref is not None:
-        # per-frame angles are kept only if the projections agree better with their volume
-        # (median leave-half-out NCC): a guard against a search that locked on wrong minima
+        # kept only if the projections agree better with their volume (median leave-half-out
+        # NCC, and at least ``min_match``: below it the match is noise-dominated and the per-frame
+        # angles wander) and the mirror pairs, measured from the images alone, agree better
+        # too: a guard against a search that locked on wrong minima
         off, tilt = ref.axis_offset_px, ref.tilt_deg
         base = float(np.median(match_projections(projections, ang, off, tilt, iterations=0)[1]["scores"]))
-        cand = moment_angles(projections, ang, off, tilt)
+        # coarse (low order, wide search: the start may be off by tens of degrees where the
+        # tracks failed) then fine
+        cand = moment_angles(projections, ang, off, tilt, order=3, search_deg=25.0, step_deg=0.25)
+        cand = moment_angles(projections, cand, off, tilt, order=4, search_deg=8.0)
         if match_iterations > 0:
             cand = match_projections(projections, cand, off, tilt, iterations=match_iterations)[0]
         score = float(np.median(match_projections(projections, cand, off, tilt, iterations=0)[1]["scores"]))
-        info["match_score"] = {"before": base, "after": score}
-        if score > base:
+        m0, m1 = mirror_residual(ang, ref.anchors), mirror_residual(cand, ref.anchors)
+        info["per_frame"] = {"match_before": base, "match_after": score, "mirror_before_deg": m0,
+                             "mirror_after_deg": m1}
+        if score > max(base, min_match) and m1 < m0:
             ang = cand
         else:
-            info["flags"].append(f"per-frame angles rejected (match {score:.4f} <= {base:.4f})")
+            info["flags"].append(f"per-frame angles rejected (match {score:.4f} vs {base:.4f}, "
+                                 f"mirror pairs {m1:.2f} vs {m0:.2f} deg)")
     return ang - ang[0], ref, info
 
 

@@ -16,6 +16,11 @@ Steps (all on band-passed optical-depth crops, so the match is sharp):
 3. time-warp: the tracked angles get a smooth correction (piecewise linear in the frame index,
    least squares with a smoothness penalty) that satisfies all ``+180`` constraints. Errors that
    repeat every 180 deg are invisible to the symmetry; the penalty leaves them to the tracker.
+
+Per-frame angles (no smoothness prior; the rig's cell stalls and bursts):
+:func:`moment_angles` (Helgason-Ludwig consistency of every row's projection moments) and
+:func:`match_projections` (each frame against reprojections of the volume of the other frames).
+:func:`mirror_residual` checks angles against the mirror pairs.
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ import numpy as np
 
 from mcf_rotator.errors import ReconstructionError
 
-__all__ = ["Refinement", "bandpass", "mirror_image", "find_partners", "estimate_axis", "warp_angles", "refine_angles"]
+__all__ = ["Refinement", "bandpass", "mirror_image", "find_partners", "estimate_axis", "warp_angles", "refine_angles",
+           "mirror_residual", "moment_angles", "match_projections"]
 
 
 @dataclass
@@ -296,14 +302,22 @@ def refine_angles(
     return Refinement(cur, float(off), float(tilt), anchors, err, scale, {"n_pairs": len(pairs)})
 
 
+def mirror_residual(angles_deg: np.ndarray, anchors: list[tuple[float, float]]) -> float:
+    """Mean |theta(t') - theta(t) - 180| (deg) over mirror pairs (t, fractional t').
+
+    The pairs come from the images' mirror symmetry, independently of any angle estimate: a
+    check on angles that were not fitted to them.
+    """
+    a = np.asarray(angles_deg, np.float64)
+    if not len(anchors) or a.size < 2:
+        return float("nan")
+    an = np.asarray(anchors, np.float64)
+    sgn = 1.0 if a[-1] >= a[0] else -1.0
+    d = np.interp(an[:, 1], np.arange(a.size), a) - np.interp(an[:, 0], np.arange(a.size), a)
+    return float(np.mean(np.abs(sgn * d - 180.0)))
+
+
 # --------------------------------------------------------------------------- projection matching
-def _ncc_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """NCC of every row of ``a`` (n, P) with the vector ``b`` (P,)."""
-    a = a - a.mean(axis=1, keepdims=True)
-    b = b - b.mean()
-    return (a @ b) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b), 1e-12)
-
-
 def match_projections(
     projections: np.ndarray,
     angles_deg: np.ndarray,
@@ -315,24 +329,24 @@ def match_projections(
     filter_name: str = "hann",
     blur_px: float = 1.0,
     highpass_px: float = 3.0,
-    stretch_gain: float = 0.0,
-    keep_modes: int = 0,
 ) -> tuple[np.ndarray, dict]:
     """Per-frame angles by projection matching: reproject the FBP volume, pick each frame's angle.
 
     Why: the tracked (and mirror-warped) angles carry the smoothness of their priors, while the
-    trapped cell turns in bursts and pauses. Every frame is compared (normalised correlation) with
-    reprojections of the current reconstruction on an angle grid (``step_deg``) within
+    trapped cell turns in bursts and pauses. Every frame is compared (normalised correlation)
+    with reprojections of the current reconstruction on an angle grid (``step_deg``) within
     ``search_deg`` of its current angle; a parabola through the best three gives the sub-step
     angle. Frames are split into two interleaved halves and each half is matched against the
     volume of the other (a frame's own back-projection would pull the match to its current
-    angle), the second half against the first half's new angles. The frame-0 gauge is kept (all angles shifted so frame 0 keeps its angle).
+    angle), the second half against the first half's new angles (Gauss-Seidel; updating both
+    at once makes their relative offset oscillate). Frame 0 keeps its angle (gauge).
     Images are compared after a ``blur_px`` Gaussian and with the ``highpass_px`` Gaussian
-    subtracted (the granules carry the angle; the smooth body barely does). Known limit: a
-    warp ``a sin(2 theta) + b cos(2 theta)`` of the angles (the reconstruction then comes out
-    slightly stretched) is only weakly seen by the match, so the result keeps much of that
-    part of the start's error. ``iterations=0`` only scores the given angles. Returns (angles deg, info with the per-frame
-    best NCC ``scores``).
+    subtracted (the granules carry the angle; the smooth body barely does).
+
+    Known limit: warps of the angles periodic in 180 deg (``a sin 2theta + b cos 2theta``,
+    ...) are seen only weakly (the volume adapts to them), so the result keeps part of the
+    start's warp: start from :func:`moment_angles`. ``iterations=0`` only scores the given
+    angles. Returns (angles deg, info with the per-frame best NCC ``scores``).
     """
     from mcf_rotator.reconstruction.fbp import BackProjector, fbp, undo_tilt
 
@@ -349,6 +363,7 @@ def match_projections(
     pad_l, pad_r = max(0, -c0), max(0, c1 - w)
     sub = np.pad(pt[:, r0:r1], ((0, 0), (0, 0), (pad_l, pad_r)))[:, :, c0 + pad_l : c1 + pad_l]
     off = axis_col - (c0 + (c1 - c0 - 1) / 2.0)
+
     def prep(img: np.ndarray) -> np.ndarray:
         out = cv2.GaussianBlur(img, (0, 0), blur_px) if blur_px > 0 else img
         return out - cv2.GaussianBlur(img, (0, 0), highpass_px) if highpass_px > 0 else out
@@ -357,11 +372,10 @@ def match_projections(
     ncol = sub.shape[2]
     grid = np.arange(0.0, 360.0, step_deg)
     fwd = BackProjector(grid, ncol, ncol, off, np.full(grid.size, 2.0), circle=True).matrix.T.tocsr()
+    _, keep = _circle_pixels(ncol)
     halves = [np.arange(0, n, 2), np.arange(1, n, 2)]
     info: dict = {"scores": None, "crop": (int(r0), int(r1), int(c0), int(c1))}
     score = np.zeros(n)
-    stretch = np.full(n, np.nan)
-    ncol_axis = (ncol - 1) / 2.0 + off
     a0 = float(a[0])
     for it in range(max(iterations, 1)):
         # iterations == 0: only score the given angles (window 0)
@@ -369,15 +383,11 @@ def match_projections(
         new = a.copy()
         for k in range(2):
             src, dst = halves[1 - k], halves[k]
-            # Gauss-Seidel: the second half is matched against the first half's new angles
-            # (updating both halves at once makes their relative offset oscillate)
             cur = new if iterations > 0 else a
             vol = fbp(sub[src], cur[src], axis_offset_px=off, weights="circular", filter_name=filter_name, size=ncol)
             pix = vol.reshape(vol.shape[0], -1)  # (H', size*size)
-            _, keep = _circle_pixels(ncol)
-            reproj = (fwd @ np.ascontiguousarray(pix[:, keep].T))  # (grid*ncol, H')
+            reproj = fwd @ np.ascontiguousarray(pix[:, keep].T)  # (grid * ncol, H')
             reproj = reproj.reshape(grid.size, ncol, -1).transpose(0, 2, 1).reshape(grid.size, -1)
-            raw = reproj
             if blur_px > 0 or highpass_px > 0:
                 reproj = np.stack([prep(r.reshape(-1, ncol)).ravel() for r in reproj])
             rc = reproj - reproj.mean(axis=1, keepdims=True)
@@ -395,52 +405,10 @@ def match_projections(
                     new[t] = cand[j] + step_deg * (_subframe(sc, j) - j)
                 else:
                     new[t] = cand[j]
-                if stretch_gain > 0:
-                    stretch[t] = _best_stretch(raw[gi[j]].reshape(-1, ncol), x, prep, ncol_axis)
-        if stretch_gain > 0 and iterations > 0:
-            # a warp e = A sin 2theta - B cos 2theta of the angles makes the reconstruction an
-            # affinely stretched cell whose reprojections are wider by A cos 2theta + B sin 2theta
-            # than the frames: fit that pattern of the frames' best stretch and undo the warp
-            th = np.deg2rad(new)
-            dm = np.stack([np.ones_like(th), np.cos(2 * th), np.sin(2 * th)], 1)
-            ok = np.isfinite(stretch)
-            coef = np.linalg.lstsq(dm[ok], stretch[ok], rcond=None)[0]
-            e = coef[1] * np.sin(2 * th) - coef[2] * np.cos(2 * th)
-            new = new - stretch_gain * np.rad2deg(e)
-            info.setdefault("stretch_fit", []).append((float(coef[1]), float(coef[2])))
-        if keep_modes > 0 and iterations > 0:
-            # the match cannot see warps periodic in 180 deg (sin/cos of 2, 4.. theta): leave
-            # them as the start has them instead of letting them random-walk
-            th = np.deg2rad(a)
-            cols = [np.ones_like(th)]
-            for j in range(1, keep_modes + 1):
-                cols += [np.sin(2 * j * th), np.cos(2 * j * th)]
-            dm = np.stack(cols, 1)
-            d = new - a
-            new = new - dm @ np.linalg.lstsq(dm, d, rcond=None)[0]
         if iterations > 0:
             a = new - new[0] + a0
     info["scores"] = score
     return a, info
-
-
-def _best_stretch(model: np.ndarray, frame_flat: np.ndarray, prep, axis: float,
-                  factors: np.ndarray = np.linspace(-0.04, 0.04, 9)) -> float:
-    """Relative horizontal stretch about column ``axis`` of ``model`` (H, W) that best matches the
-    prepared, mean-free frame (NCC, parabola through the best three)."""
-    h, w = model.shape
-    xn = frame_flat / max(np.linalg.norm(frame_flat), 1e-12)
-    sc = np.empty(factors.size)
-    for i, f in enumerate(factors):
-        m = np.array([[1.0 / (1 + f), 0.0, axis - axis / (1 + f)], [0.0, 1.0, 0.0]])
-        img = prep(cv2.warpAffine(model.astype(np.float32), m, (w, h), flags=cv2.INTER_LINEAR,
-                                  borderMode=cv2.BORDER_REPLICATE)).ravel().astype(np.float64)
-        img -= img.mean()
-        sc[i] = (img @ xn) / max(np.linalg.norm(img), 1e-12)
-    k = int(np.argmax(sc))
-    if k == 0 or k == sc.size - 1:
-        return float("nan")
-    return float(factors[k] + (factors[1] - factors[0]) * (_subframe(sc, k) - k))
 
 
 def _circle_pixels(size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -473,19 +441,15 @@ def _trig_design(th: np.ndarray, order: int) -> np.ndarray:
     return np.stack(cols, 1)
 
 
-_HL_CONSTRAINED = True
-
-
 def moment_angles(
     projections: np.ndarray,
     angles_deg: np.ndarray,
     axis_offset_px: float = 0.0,
     tilt_deg: float = 0.0,
-    order: int = 5,
+    order: int = 4,
     search_deg: float = 8.0,
     step_deg: float = 0.1,
     iterations: int = 8,
-    shift: bool = True,
 ) -> np.ndarray:
     """Per-frame angles from the Helgason-Ludwig consistency of every row's projection moments.
 
@@ -518,31 +482,15 @@ def moment_angles(
     offs = np.deg2rad(np.arange(-search_deg, search_deg + 0.5 * step_deg, step_deg))
     for _ in range(iterations):
         dm = _trig_design(th, order)
-        c = np.zeros((dm.shape[1], y.shape[1]))
-        if _HL_CONSTRAINED:
-          for k in range(order + 1):  # least squares on the allowed harmonics of each moment
-            sel = kk == k
-            cols = np.flatnonzero(allowed[:, np.flatnonzero(sel)[0]])
-            c[np.ix_(cols, sel)] = np.linalg.lstsq(dm[:, cols], y[:, sel], rcond=None)[0]
-        else:
-            c = np.where(allowed, np.linalg.lstsq(dm, y, rcond=None)[0], 0.0)
+        # all harmonics up to ``order`` in the fit (an axis or drift error mixes the moments'
+        # orders); the search model keeps only those the moment can have
+        c = np.where(allowed, np.linalg.lstsq(dm, y, rcond=None)[0], 0.0)
         res = y - dm @ c
         wt = 1.0 / np.maximum((res**2).mean(axis=0), 1e-18)
         new = th.copy()
-        nr = r1 - r0
         for t in range(n):
             cand = th[t] + offs
-            mu = _trig_design(cand, order) @ c
-            d = mu - y[t]
-            if shift:
-                # a lateral shift dx of the cell adds k dx m_(k-1) to the k-th moment (linearised):
-                # solved per candidate in closed form
-                m3 = mu.reshape(cand.size, nr, order + 1)
-                g = np.zeros_like(m3)
-                g[:, :, 1:] = m3[:, :, :-1] * np.arange(1, order + 1)
-                g = g.reshape(cand.size, -1)
-                dx = -((g * d) @ wt) / np.maximum((g * g) @ wt, 1e-18)
-                d = d + dx[:, None] * g
+            d = _trig_design(cand, order) @ c - y[t]
             new[t] = cand[int(np.argmin((d * d) @ wt))]
         new -= np.mean(new - th)  # frame 0 is searched too (it may be the odd one out)
         if np.max(np.abs(new - th)) < 1e-9:

@@ -15,6 +15,7 @@ from mcf_rotator.reconstruction.refinement import (
     centroid_axis,
     match_projections,
     mirror_image,
+    mirror_residual,
     moment_angles,
     refine_angles,
     smooth_angles,
@@ -104,33 +105,44 @@ def test_refine_needs_half_a_turn(sweep):
 
 @pytest.fixture(scope="module")
 def jerky_sweep():
-    """Stick-slip rotation as on the rig: pauses, slight reversals and 3-5 deg/frame bursts."""
+    """Stick-slip rotation as on the rig: pauses, slight reversals and 3-5 deg/frame bursts; the
+    cell spans half of a 128 px crop (as the rig's crops do)."""
     ph = CellPhantom.random(11)
     rng = np.random.default_rng(11)
     n = 230
     rate = 1.0 + 0.9 * np.sin(np.arange(n - 1) / 6.0) ** 3 * 3.0
     steps = np.clip(rate, -0.5, None) + rng.normal(0, 0.3, n - 1)
     ang = np.concatenate([[0.0], np.cumsum(steps)])
-    # the cell spans half the crop, as on the rig (FBP needs the object inside its circle)
-    proj = projection_stack(ph, ang, 64, voxel_um=4 * ph.radius_um / 64, tilt_in_plane_deg=1.0, axis_offset_px=2.0)
-    proj = proj + rng.normal(0, 0.01 * proj.max(), proj.shape).astype(np.float32)
+    proj = projection_stack(ph, ang, 128, voxel_um=4 * ph.radius_um / 128, tilt_in_plane_deg=1.0, axis_offset_px=4.0)
+    proj = proj + rng.normal(0, 0.003 * proj.max(), proj.shape).astype(np.float32)
     return ang, proj
 
 
 def test_per_frame_angles_follow_jerky_rotation(jerky_sweep):
     ang, proj = jerky_sweep
     assert ang[-1] > 200 and np.diff(ang).min() < 0 < 3 < np.diff(ang).max()
-    # a smooth (uniform-rate) start: what a smoothness prior gives for stick-slip motion
-    start = np.linspace(0, ang[-1], ang.size)
+    # a smoothed start, as a smoothness prior gives for stick-slip motion (the bursts and
+    # pauses rounded off, errors of several degrees)
+    start = smooth_angles(ang, 300.0)
     before = np.abs(start - ang).mean()
-    hl = moment_angles(proj, start, 2.0, 1.0, search_deg=12.0)
-    assert np.abs(hl - ang).mean() < 0.5 * before, (before, np.abs(hl - ang).mean())
-    pm, info = match_projections(proj, hl, 2.0, 1.0, iterations=2)
+    assert before > 2.0
+    hl = moment_angles(proj, start, 4.0, 1.0)
+    assert np.abs(hl - ang).mean() < 0.7 * before, (before, np.abs(hl - ang).mean())
+    pm, info = match_projections(proj, hl, 4.0, 1.0)
     after = np.abs(pm - ang).mean()
-    assert after < 0.35 * before, (before, after)  # 64 px crops; ~1 deg on 128 px rig crops
+    assert after < 0.3 * before and after < 0.8, (before, after)
     assert info["scores"].shape == ang.shape
-    base = match_projections(proj, start, 2.0, 1.0, iterations=0)[1]["scores"]
+    base = match_projections(proj, start, 4.0, 1.0, iterations=0)[1]["scores"]
     assert np.median(info["scores"]) > np.median(base)
     # scoring only leaves the angles as they are
-    same, _ = match_projections(proj, ang, 2.0, 1.0, iterations=0)
+    same, _ = match_projections(proj, ang, 4.0, 1.0, iterations=0)
     np.testing.assert_allclose(same, ang)
+
+
+def test_mirror_residual_measures_pairs():
+    ang = np.arange(300) * 1.3
+    pairs = [(float(t), float(np.interp(ang[t] + 180, ang, np.arange(ang.size)))) for t in range(0, 150, 5)]
+    assert mirror_residual(ang, pairs) < 1e-9
+    assert mirror_residual(-ang, pairs) < 1e-9  # either direction
+    assert mirror_residual(ang * 1.02, pairs) == pytest.approx(3.6, abs=0.01)
+    assert np.isnan(mirror_residual(ang, []))
