@@ -46,6 +46,8 @@ from mcf_rotator.ringbuffer import BufferClosed, FrameRingBuffer
 log = logging.getLogger(__name__)
 
 VOLUME_EVENT_MIN_INTERVAL_S = 0.2  # volume_updated at <= 5 Hz
+#: the ellipse must have turned this much more than the target before a run ends by coverage
+COMMAND_MARGIN = 1.1
 #: the camera thread looks for the trapped cell at most this often (cell_centroid costs a few ms)
 TRAP_CHECK_INTERVAL_S = 0.1
 #: a cell is trapped when seen in this many consecutive checks within TRAP_TOLERANCE_PX
@@ -322,6 +324,7 @@ class RigController:
         self._frame_times: deque[float] = deque(maxlen=60)
         self._frames_read = 0
         self._coverage = 0.0
+        self._rotation_start_deg = 0.0
         self._last_volume_emit = 0.0
         self._run_dir: Path | None = None
         self._last_result: RunResult | None = None
@@ -504,6 +507,7 @@ class RigController:
             if self.lockstep:
                 self.ring.block_when_full = True
             self._pipeline_stop.clear()
+            self._rotation_start_deg = float(self._rotation.angle_deg) if self._rotation is not None else 0.0
             self._pipeline_thread = threading.Thread(target=self._pipeline_loop, name="pipeline", daemon=True)
             self._set_state(RigState.RECONSTRUCTING)
             self._pipeline_thread.start()
@@ -923,13 +927,25 @@ class RigController:
                     if self._recorder is not None and rec_idx >= 0:
                         self._recorder.annotate(rec_idx, tracked_angle_deg=float(angle))
                 self._update_snapshot()
-                if self._coverage >= target:
+                if self._coverage >= target and self._commanded_coverage() >= COMMAND_MARGIN * target:
                     self._info(f"coverage {self._coverage:.0f} deg reached")
                     break
         except Exception as exc:  # noqa: BLE001
             self._on_thread_error(f"reconstruction: {_describe(exc)}")
             return
         self._finish(cancelled)
+
+    def _commanded_coverage(self) -> float:
+        """How far the ellipse has been turned this run (inf when the rig has no rotation driver).
+
+        The live tracked angle is a rough causal estimate that can run ahead of the cell; the
+        cell lags the ellipse, so also requiring the command to be a margin past the target
+        keeps a run from stopping short of the coverage it asked for.
+        """
+        rot = self._rotation
+        if rot is None:
+            return float("inf")
+        return abs(float(rot.angle_deg) - self._rotation_start_deg)
 
     def _update_snapshot(self, force: bool = False) -> None:
         now = time.monotonic()
