@@ -71,7 +71,8 @@ def run_headless(
     cfg = (load_config(config_path) if config_path else RigConfig()).simulated()
     cfg.simulation.seed = int(seed)
     # keep the rotation rate the trap can follow and spread the frames over the target
-    # coverage (+15 % margin for the angle refinement) by choosing the camera frame rate
+    # coverage (+25 % margin: the run also waits for the ellipse to pass the target) by choosing
+    # the camera frame rate
     duration_s = cfg.rotation.target_coverage_deg * 1.25 / cfg.rotation.rate_deg_s
     cfg.camera.frame_rate_hz = float(min(max(frames / duration_s, 1.0), 10_000.0))
     out = Path(output)
