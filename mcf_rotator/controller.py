@@ -229,7 +229,29 @@ def live_pipeline_config(config: RigConfig) -> Any:
         cell_px=float(cell_px),
         direction=int(config.rotation.direction),
         nominal_step_deg=float(config.rotation.rate_deg_s / config.camera.frame_rate_hz),
+        detector=learned_detector(config),
     )
+
+
+def learned_detector(config: RigConfig) -> Any:
+    """The YOLO cell detector (user weights from ``paths.detector_weights``, else the shipped
+    ones), or None so the pipeline uses its classical detector sized for this rig's cell.
+
+    Detection runs every few frames (``LivePipelineConfig.detect_every``), so its tens of ms on
+    a CPU do not limit the frame rate.
+    """
+    from mcf_rotator.reconstruction.yolo import YoloCellDetector, default_weights_path
+
+    weights = config.paths.detector_weights or default_weights_path()
+    if not Path(weights).is_file():
+        if config.paths.detector_weights:
+            log.warning("detector weights %s not found; using the classical detector", weights)
+        return None
+    try:
+        return YoloCellDetector(weights, threads=1)
+    except Exception as exc:  # noqa: BLE001 - any load problem falls back, with the reason
+        log.warning("learned cell detector unavailable (%s); using the classical detector", exc)
+        return None
 
 
 def volume_voxel_um(config: RigConfig, pipeline: Any, recon: Any) -> float:
