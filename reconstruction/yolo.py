@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 WEIGHTS_NAME = "cell_yolo_seg.pt"
 DEFAULT_MODEL_YAML = "yolo11n-seg.yaml"
-DEFAULT_IMGSZ = 320
+DEFAULT_IMGSZ = 192  # the shipped weights were trained at this input size
 
 
 def default_weights_path() -> Path:

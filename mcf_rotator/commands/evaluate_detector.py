@@ -25,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-n", "--frames", type=int, default=200, help="synthetic held-out frames")
     p.add_argument("--seed", type=int, default=12345, help="seed of the synthetic held-out set")
     p.add_argument("--conditions", choices=["hard", "train"], default="hard")
-    p.add_argument("--imgsz", type=int, default=320)
+    p.add_argument("--imgsz", type=int, default=192)
     p.add_argument("--conf", type=float, default=0.5, help="operating confidence threshold")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", type=Path, default=None, help="also write the scores as JSON here")

@@ -26,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--output", "-o", type=Path, default=None, help="copy the trained weights (.pt) here")
     p.add_argument("--runs", type=Path, default=None, help="folder for ultralytics run files (default: temp)")
     p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--imgsz", type=int, default=320, help="network input size (frames are letterboxed)")
+    p.add_argument("--imgsz", type=int, default=192, help="network input size (frames are letterboxed; the shipped weights use 192)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--weights", type=Path, default=None, help="weights to fine-tune (default: the shipped ones)")
     p.add_argument("--from-scratch", action="store_true", help="train a new yolo11n-seg from its yaml")
