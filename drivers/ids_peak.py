@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from mcf_rotator.config import CameraConfig
-from mcf_rotator.drivers.base import BaseDevice
+from mcf_rotator.drivers.vendor_camera import VendorCamera
 from mcf_rotator.drivers.protocols import Frame
 from mcf_rotator.errors import (
     DeviceBusyError,
@@ -48,7 +48,7 @@ def import_ids_peak() -> tuple[Any, Any]:
     return ids_peak, ids_peak_ipl_extension
 
 
-class IDSPeakCamera(BaseDevice):
+class IDSPeakCamera(VendorCamera):
     """A camera opened through IDS peak; ``config.serial`` or ``config.device_id`` (index) selects it."""
 
     def __init__(
@@ -241,19 +241,6 @@ class IDSPeakCamera(BaseDevice):
                 log.debug("%s: Library.Close: %s", self.name, exc)
             self._lib_open = False
 
-    def _disconnect(self) -> None:
-        self._release(quiet=False)
-
-    def reconnect(self) -> None:
-        """Close whatever is left and open again with the same settings (after an unplug)."""
-        with self.lock:
-            was_acquiring = self._want_acquiring
-            self._release(quiet=True)
-            self._connected = False
-            self.connect()
-            if was_acquiring:
-                self.start_acquisition()
-
     def _map(self, exc: BaseException, doing: str) -> BaseException:
         """Turn an ids_peak exception into our error hierarchy (ours pass through)."""
         if isinstance(exc, DeviceError) or self._peak is None:
@@ -317,10 +304,6 @@ class IDSPeakCamera(BaseDevice):
         self._setter("gain", self._apply_gain, value)
 
     # -- acquisition -------------------------------------------------------------------------
-    @property
-    def is_acquiring(self) -> bool:
-        return self._acquiring
-
     def start_acquisition(self) -> None:
         with self.lock:
             self._require_open()
@@ -422,24 +405,6 @@ class IDSPeakCamera(BaseDevice):
             frame = Frame(image=image, index=self._index, timestamp=timestamp, metadata=meta)
             self._index += 1
             return frame
-
-    def _lost(self, message: str) -> None:
-        self._release(quiet=True)
-        self._fail(message)
-        raise DeviceDisconnectedError(message)
-
-    def snap(self) -> Frame:
-        """One frame; starts and stops acquisition around it if needed."""
-        timeout = max(1.0, 3 * self._exposure_ms / 1000 + 2 / max(self._frame_rate_hz, 1e-3))
-        with self.lock:
-            if self._acquiring:
-                return self.read_frame(timeout)
-            self.start_acquisition()
-            try:
-                return self.read_frame(timeout)
-            finally:
-                if self._acquiring:
-                    self.stop_acquisition()
 
     def describe(self) -> str:
         return (f"IDS peak {self.model_name or 'camera'} serial {self.serial_number or '?'}: "

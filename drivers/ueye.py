@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from mcf_rotator.config import CameraConfig
-from mcf_rotator.drivers.base import BaseDevice
 from mcf_rotator.drivers.protocols import Frame
+from mcf_rotator.drivers.vendor_camera import VendorCamera
 from mcf_rotator.errors import (
     DeviceBusyError,
     DeviceDisconnectedError,
@@ -109,7 +109,7 @@ def import_pyueye() -> Any:
     return ueye
 
 
-class UEyeCamera(BaseDevice):
+class UEyeCamera(VendorCamera):
     """IDS uEye USB/GigE camera in continuous capture (mono8 / mono10/12/16 into uint16).
 
     ``config.device_id`` is the uEye *camera id* (0 = first free camera); ``config.serial``
@@ -313,19 +313,6 @@ class UEyeCamera(BaseDevice):
         self._h = None
         self._acquiring = False
 
-    def _disconnect(self) -> None:
-        self._release(quiet=False)
-
-    def reconnect(self) -> None:
-        """Close whatever is left and open again with the same settings (after an unplug)."""
-        with self.lock:
-            was_acquiring = self._want_acquiring
-            self._release(quiet=True)
-            self._connected = False
-            self.connect()
-            if was_acquiring:
-                self.start_acquisition()
-
     # -- properties ---------------------------------------------------------------------
     @property
     def shape(self) -> tuple[int, int]:
@@ -393,10 +380,6 @@ class UEyeCamera(BaseDevice):
             )
 
     # -- acquisition ----------------------------------------------------------------------
-    @property
-    def is_acquiring(self) -> bool:
-        return self._acquiring
-
     def start_acquisition(self) -> None:
         with self.lock:
             self._require_open()
@@ -476,23 +459,6 @@ class UEyeCamera(BaseDevice):
             )
         self._lost(f"{cam} stopped delivering frames ({self._code_text(ret)}); it was probably unplugged. "
                    "Reconnect the camera.")
-
-    def _lost(self, message: str) -> None:
-        """The camera is gone: free the SDK side, emit events.error, raise DeviceDisconnectedError."""
-        self._release(quiet=True)
-        self._fail(message)
-        raise DeviceDisconnectedError(message)
-
-    def snap(self) -> Frame:
-        """One frame; starts and stops capture around it if not already running."""
-        with self.lock:
-            if self._acquiring:
-                return self.read_frame(timeout_s=max(1.0, 3 * self._exposure_ms / 1000 + 2 / self._frame_rate_hz))
-            self.start_acquisition()
-            try:
-                return self.read_frame(timeout_s=max(1.0, 3 * self._exposure_ms / 1000 + 2 / self._frame_rate_hz))
-            finally:
-                self.stop_acquisition()
 
     def describe(self) -> str:
         """One line for check-hardware and logs."""
