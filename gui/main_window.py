@@ -436,32 +436,24 @@ class MainWindow(QMainWindow):
         d = self.settings.output_dir or str(getattr(getattr(self.controller.config, "paths", None), "output_dir", "."))
         return d
 
-    def save_volume(self, path: str | Path) -> bool:
+    def _save(self, what: str, export: Any, path: str | Path) -> bool:
+        """Run one exporter; a failure is shown to the operator, never raised."""
         try:
-            exporting.save_volume(self.controller, Path(path))
+            out = export(self.controller, Path(path))
         except Exception as exc:
-            self.show_error(f"saving the volume failed: {exc}")
+            self.show_error(f"saving the {what} failed: {exc}")
             return False
-        self.log_panel.append("INFO", f"volume saved to {path}")
+        self.log_panel.append("INFO", f"{what} saved to {out}")
         return True
+
+    def save_volume(self, path: str | Path) -> bool:
+        return self._save("volume", exporting.save_volume, path)
 
     def save_angles(self, path: str | Path) -> bool:
-        try:
-            exporting.save_angles(self.controller, Path(path))
-        except Exception as exc:
-            self.show_error(f"saving the angles failed: {exc}")
-            return False
-        self.log_panel.append("INFO", f"angles saved to {path}")
-        return True
+        return self._save("angles", exporting.save_angles, path)
 
     def save_recording(self, path: str | Path) -> bool:
-        try:
-            out = exporting.save_recording(self.controller, Path(path))
-        except Exception as exc:
-            self.show_error(f"saving the recording failed: {exc}")
-            return False
-        self.log_panel.append("INFO", f"recording saved to {out}")
-        return True
+        return self._save("recording", exporting.save_recording, path)
 
     def save_volume_dialog(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Save volume", str(Path(self._output_dir()) / "volume.tif"), "TIFF (*.tif *.tiff)")
