@@ -6,7 +6,6 @@ also check the thread bridge. Run under Xvfb (pytest-xvfb): napari needs GL.
 
 from __future__ import annotations
 
-import enum
 import threading
 import time
 from dataclasses import dataclass, field
@@ -14,26 +13,15 @@ from typing import Any
 
 import numpy as np
 import pytest
-from psygnal import Signal, SignalGroup
+
+from mcf_rotator.controller import ControllerEvents, RigState
 
 pytestmark = pytest.mark.gui
 
 
-class State(enum.Enum):
-    IDLE = "idle"
-    TRAPPING = "trapping"
-    ROTATING = "rotating"
-    RECONSTRUCTING = "reconstructing"
-    FINISHING = "finishing"
-    ERROR = "error"
-
-
-class Events(SignalGroup):
-    state_changed = Signal(object, object)
-    message = Signal(str, str)
-    error = Signal(str)
-    volume_updated = Signal(int)
-    finished = Signal(object)
+# the real state enum and event group: the fake differs from the controller only in behaviour
+State = RigState
+Events = ControllerEvents
 
 
 @dataclass
