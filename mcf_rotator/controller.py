@@ -209,6 +209,28 @@ def cell_centroid(image: np.ndarray) -> tuple[float, float] | None:
     return float(cx * img.shape[1] / small.shape[1]), float(cy * img.shape[0] / small.shape[0])
 
 
+class StableSpot:
+    """Consecutive cell positions; ``add`` returns them once ``n`` in a row lie within
+    ``tolerance_px`` of their mean (the cell is held still), else None. A miss starts over."""
+
+    def __init__(self, n: int, tolerance_px: float) -> None:
+        self.seen: deque[tuple[float, float]] = deque(maxlen=n)
+        self.tolerance_px = float(tolerance_px)
+
+    def clear(self) -> None:
+        self.seen.clear()
+
+    def add(self, c: tuple[float, float] | None) -> np.ndarray | None:
+        if c is None:
+            self.seen.clear()
+            return None
+        self.seen.append(c)
+        if len(self.seen) < (self.seen.maxlen or 0):
+            return None
+        pts = np.array(self.seen)
+        return pts if float(np.max(np.linalg.norm(pts - pts.mean(0), axis=1))) <= self.tolerance_px else None
+
+
 # ----------------------------------------------------------------------------- defaults
 def default_pipeline_factory(config: RigConfig) -> Any:
     """The live reconstruction pipeline sized for this rig's cell and rotation."""
@@ -355,7 +377,7 @@ class RigController:
         # trap watch (camera thread): is a cell held still in the trap?
         self._trapped = False
         self._trapped_at: tuple[float, float] | None = None
-        self._trap_seen: deque[tuple[float, float]] = deque(maxlen=TRAP_STABLE_FRAMES)
+        self._trap_seen = StableSpot(TRAP_STABLE_FRAMES, TRAP_TOLERANCE_PX)
         self._trap_misses = 0
         self._trap_next_check = 0.0
         for dev in self.rig.devices:
@@ -421,7 +443,7 @@ class RigController:
     def wait_trapped(self, timeout_s: float = 10.0, n_stable: int = 5, tolerance_px: float = 3.0) -> bool:
         """True once a cell is detected in ``n_stable`` consecutive new frames within ``tolerance_px``."""
         deadline = time.monotonic() + timeout_s
-        seen: deque[tuple[float, float]] = deque(maxlen=n_stable)
+        spot = StableSpot(n_stable, tolerance_px)
         last_index = -1
         while time.monotonic() < deadline and self._state == RigState.TRAPPING and not self._cancel.is_set():
             frame = self.ring.latest()
@@ -429,16 +451,10 @@ class RigController:
                 time.sleep(0.01)
                 continue
             last_index = frame.index
-            c = cell_centroid(frame.image)
-            if c is None:
-                seen.clear()
-                continue
-            seen.append(c)
-            if len(seen) == n_stable:
-                pts = np.array(seen)
-                if float(np.max(np.linalg.norm(pts - pts.mean(0), axis=1))) <= tolerance_px:
-                    self._mark_trapped(pts)
-                    return True
+            pts = spot.add(cell_centroid(frame.image))
+            if pts is not None:
+                self._mark_trapped(pts)
+                return True
         if self._state == RigState.TRAPPING and not self._cancel.is_set():
             self._info(f"no stable cell detected within {timeout_s:g} s", "warning")
         return False
@@ -469,14 +485,9 @@ class RigController:
         self._trap_next_check = now + TRAP_CHECK_INTERVAL_S
         c = cell_centroid(image)
         if not self._trapped:
-            if c is None:
-                self._trap_seen.clear()
-                return
-            self._trap_seen.append(c)
-            if len(self._trap_seen) == self._trap_seen.maxlen:
-                pts = np.array(self._trap_seen)
-                if float(np.max(np.linalg.norm(pts - pts.mean(0), axis=1))) <= TRAP_TOLERANCE_PX:
-                    self._mark_trapped(pts)
+            pts = self._trap_seen.add(c)
+            if pts is not None:
+                self._mark_trapped(pts)
             return
         # trapped: lost when the cell disappears or leaves the trap (it turns in place)
         cell_px = self.config.simulation.cell_diameter_um / self.config.optics.object_pixel_um
