@@ -208,12 +208,20 @@ def _crop_around_cell(sample: Sample, rng: np.random.Generator) -> Sample:
 
 
 def generate_samples(
-    n: int, seed: int, shape: tuple[int, int] = (480, 640), cond: Conditions = TRAIN
+    n: int, seed: int, shape: tuple[int, int] = (480, 640), cond: Conditions = TRAIN, hard_share: float = 0.0
 ) -> Iterator[Sample]:
-    """``n`` reproducible samples (same seed, same frames)."""
+    """``n`` reproducible samples (same seed, same frames).
+
+    ``hard_share`` of the frames draw their conditions from the tough tails (:data:`HARD`)
+    instead of ``cond``: a model trained on the full ranges alone sees few frames that are dim,
+    noisy and defocused at once and scores such cells too low.
+    """
+    if not 0.0 <= hard_share <= 1.0:
+        raise ValueError(f"hard_share must be in [0, 1], got {hard_share}")
     rng = np.random.default_rng(seed)
     for _ in range(int(n)):
-        yield render_sample(rng, shape, cond)
+        frame_cond = HARD if hard_share and rng.random() < hard_share else cond
+        yield render_sample(rng, shape, frame_cond)
 
 
 # ------------------------------------------------------------------------ YOLO format I/O
@@ -271,17 +279,19 @@ def write_yolo_dataset(
     shape: tuple[int, int] = (480, 640),
     cond: Conditions = TRAIN,
     progress: bool = False,
+    hard_share: float = 0.0,
 ) -> Path:
     """Render and write a synthetic dataset; returns the ``data.yaml`` path.
 
-    Train and val use independent seeds derived from ``seed``.
+    Train and val use independent seeds derived from ``seed``; ``hard_share`` as in
+    :func:`generate_samples`.
     """
     root = Path(root)
     for split, n, s in (("train", n_train, seed), ("val", n_val, seed + 7919)):
         img_dir, lab_dir = root / "images" / split, root / "labels" / split
         img_dir.mkdir(parents=True, exist_ok=True)
         lab_dir.mkdir(parents=True, exist_ok=True)
-        for i, sample in enumerate(generate_samples(n, s, shape, cond)):
+        for i, sample in enumerate(generate_samples(n, s, shape, cond, hard_share)):
             name = f"{cond.name}_{s}_{i:05d}"
             if not cv2.imwrite(str(img_dir / f"{name}.png"), sample.image):
                 raise InputFileError(f"{img_dir / name}.png: cannot write image")

@@ -127,3 +127,20 @@ def test_resolve_dataset_errors_name_the_folder(tmp_path) -> None:
     (tmp_path / "nolabels" / "labels" / "train" / "a.txt").write_text("0 0.1 0.1 0.5 0.1 0.5 0.5\n")
     y = resolve_dataset(tmp_path / "nolabels")
     assert yaml.safe_load(y.read_text())["val"] == "images/train"
+
+
+def _noise_level(image: np.ndarray) -> float:
+    """Robust pixel-noise estimate: MAD of the difference of horizontal neighbours."""
+    d = np.diff(image.astype(np.float32), axis=1)
+    return float(np.median(np.abs(d - np.median(d))))
+
+
+def test_hard_share_draws_frames_from_the_tough_tails() -> None:
+    easy = list(generate_samples(12, seed=5, shape=(120, 160), hard_share=0.0))
+    hard = list(generate_samples(12, seed=5, shape=(120, 160), hard_share=1.0))
+    same = list(generate_samples(12, seed=5, shape=(120, 160)))
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(easy, same))  # default unchanged
+    # HARD has few electrons per count and more read noise: noisier frames on the whole
+    assert np.median([_noise_level(s.image) for s in hard]) > 1.3 * np.median([_noise_level(s.image) for s in easy])
+    with pytest.raises(ValueError, match="hard_share"):
+        next(generate_samples(1, seed=0, hard_share=1.5))

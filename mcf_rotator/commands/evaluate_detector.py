@@ -25,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-n", "--frames", type=int, default=200, help="synthetic held-out frames")
     p.add_argument("--seed", type=int, default=12345, help="seed of the synthetic held-out set")
     p.add_argument("--conditions", choices=["hard", "train"], default="hard")
-    p.add_argument("--imgsz", type=int, default=192)
+    p.add_argument("--imgsz", type=int, default=None, help="network input size (default: the shipped weights' training size)")
     p.add_argument("--conf", type=float, default=0.5, help="operating confidence threshold")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", type=Path, default=None, help="also write the scores as JSON here")
@@ -36,9 +36,10 @@ def run(args: argparse.Namespace) -> int:
     from mcf_rotator.reconstruction.ultralytics_env import setup_ultralytics
 
     setup_ultralytics(threads=args.threads)
-    from mcf_rotator.reconstruction.yolo import YoloCellDetector, evaluate_detector
+    from mcf_rotator.reconstruction.yolo import DEFAULT_IMGSZ, YoloCellDetector, evaluate_detector
     from mcf_rotator.reconstruction.yolo_dataset import HARD, TRAIN, generate_samples, read_yolo_split
 
+    args.imgsz = args.imgsz or DEFAULT_IMGSZ
     det = YoloCellDetector(args.weights, imgsz=args.imgsz, conf=args.conf, threads=args.threads)
     if args.data is not None:
         samples = read_yolo_split(args.data, args.split)

@@ -26,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--output", "-o", type=Path, default=None, help="copy the trained weights (.pt) here")
     p.add_argument("--runs", type=Path, default=None, help="folder for ultralytics run files (default: temp)")
     p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--imgsz", type=int, default=192, help="network input size (frames are letterboxed; the shipped weights use 192)")
+    p.add_argument("--imgsz", type=int, default=None, help="network input size (frames are letterboxed; default: the shipped weights' size)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--weights", type=Path, default=None, help="weights to fine-tune (default: the shipped ones)")
     p.add_argument("--from-scratch", action="store_true", help="train a new yolo11n-seg from its yaml")
@@ -36,6 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-minutes", type=float, default=None, help="cap the training time (epochs are re-planned to fit)")
     p.add_argument("--generate", type=int, default=0, metavar="N", help="first write N synthetic frames into --data")
     p.add_argument("--seed", type=int, default=0, help="seed for --generate and training")
+    p.add_argument("--hard-share", type=float, default=0.5, metavar="F",
+                   help="share of --generate frames drawn from the tough end of every range (default 0.5)")
     p.set_defaults(func=run)
 
 
@@ -43,20 +45,22 @@ def run(args: argparse.Namespace) -> int:
     from mcf_rotator.reconstruction.ultralytics_env import setup_ultralytics
 
     setup_ultralytics(threads=args.threads)
-    from mcf_rotator.reconstruction.yolo import train_detector
+    from mcf_rotator.reconstruction.yolo import DEFAULT_IMGSZ, train_detector
     from mcf_rotator.reconstruction.yolo_dataset import write_yolo_dataset
 
     if args.epochs < 1:
         raise InputFileError("--epochs must be at least 1")
+    if not 0.0 <= args.hard_share <= 1.0:
+        raise InputFileError("--hard-share must be between 0 and 1")
     if args.generate > 0:
         n_val = max(2, args.generate // 10)
         print(f"writing {args.generate} synthetic training + {n_val} validation frames to {args.data}")
-        write_yolo_dataset(args.data, args.generate, n_val, seed=args.seed, progress=True)
+        write_yolo_dataset(args.data, args.generate, n_val, seed=args.seed, progress=True, hard_share=args.hard_share)
     best = train_detector(
         args.data,
         out_dir=args.runs,
         epochs=args.epochs,
-        imgsz=args.imgsz,
+        imgsz=args.imgsz or DEFAULT_IMGSZ,
         batch=args.batch,
         weights=args.weights,
         from_scratch=args.from_scratch,
