@@ -32,6 +32,14 @@ class Detector(Protocol):
     def detect(self, image: np.ndarray) -> list[Detection]: ...
 
 
+@runtime_checkable
+class BoxDetector(Protocol):
+    """A detector with a cheaper boxes-only path (``Detection.mask`` None), which the live
+    pipeline uses: it needs the box to place the crop, not a full-frame mask."""
+
+    def detect_boxes(self, image: np.ndarray) -> list[Detection]: ...
+
+
 def to_gray_float(image: np.ndarray) -> np.ndarray:
     """Any camera frame (grey or colour, any integer/float dtype) -> float32 grey."""
     a = np.asarray(image)

@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from mcf_rotator.errors import ReconstructionError
-from mcf_rotator.reconstruction.detection import ClassicalDetector, Detector, to_gray_float
+from mcf_rotator.reconstruction.detection import BoxDetector, ClassicalDetector, Detection, Detector, to_gray_float
 from mcf_rotator.reconstruction.fbp import fbp
 from mcf_rotator.reconstruction.incremental import IncrementalReconstructor, VolumeSnapshot
 from mcf_rotator.reconstruction.refinement import (
@@ -30,6 +30,7 @@ from mcf_rotator.reconstruction.refinement import (
     match_projections,
     mirror_residual,
     moment_angles,
+    periodic_warp,
     refine_angles,
 )
 from mcf_rotator.reconstruction.segmentation import ClassicalSegmenter, Segmenter, border_level, enclosing_circle, outer_contour
@@ -53,7 +54,9 @@ def estimate_angles(
     1. rate: periodogram of all orbit tracks over a uniform trace (robust to a wrong nominal
        step); 2. mirror refinement of that trace (axis offset, tilt, 180 deg partners);
     3. ``rounds`` x (joint orbit fit of all tracks started from the refined angles with the
-    mirror tilt, then mirror refinement again); 4. (``per_frame``) every frame's own angle, with
+    mirror tilt, then mirror refinement again; a round is kept only if it agrees better with the
+    previous round's mirror pairs); 4. the 180 deg-periodic warp the mirror pairs cannot see,
+    from the rows' centroid orbits (:func:`periodic_warp`); 5. (``per_frame``) every frame's own angle, with
     no smoothness prior (a trapped cell turns in bursts and pauses): the Helgason-Ludwig moment
     fit of all rows (:func:`moment_angles`), then projection matching against the volume
     (:func:`match_projections`). Sweeps under 180 deg skip the mirror and per-frame steps.
@@ -84,12 +87,24 @@ def estimate_angles(
             ang = fit
             break
         try:
-            ref = refine_angles(projections, fit, offset0=ref.axis_offset_px, tilt0=ref.tilt_deg, smooth=smooth)
-            ang = ref.angles_deg
+            nref = refine_angles(projections, fit, offset0=ref.axis_offset_px, tilt0=ref.tilt_deg, smooth=smooth)
         except ReconstructionError as exc:
             # the fit lost the mirror partners: keep the last refined angles, not the fit
             info["flags"].append(f"mirror refinement failed on the fitted angles: {exc}")
             break
+        # a round is kept only if its angles agree better with the previous round's mirror pairs
+        # (found from the images): short optical-flow tracks can pull the fit off
+        if mirror_residual(nref.angles_deg, ref.anchors) >= mirror_residual(ang, ref.anchors):
+            info["flags"].append("orbit-fit round did not improve the mirror pairs; kept the previous angles")
+            break
+        ref, ang = nref, nref.angles_deg
+    if ref is not None:
+        # the 180 deg-periodic warp that the mirror pairs cannot see, from the rows' centroids
+        try:
+            ang, pw = periodic_warp(projections, ang, ref.axis_offset_px, ref.tilt_deg)
+            info["periodic_warp"] = {"harmonics": pw["harmonics"], "amplitude_deg": pw["amplitude_deg"]}
+        except ReconstructionError as exc:
+            info["flags"].append(f"periodic-warp correction skipped: {exc}")
     if per_frame and ref is not None:
         # kept only if the projections agree better with their volume (median leave-half-out
         # NCC, and at least ``min_match``: below it the match is noise-dominated and the per-frame
@@ -117,9 +132,21 @@ def estimate_angles(
 
 @dataclass
 class LivePipelineConfig:
+    """Per-acquisition settings of :class:`LivePipeline`.
+
+    Detection schedule: the full frame goes through the detector on every frame until a cell
+    is found (that places the fixed ROI), then once every ``detect_every`` frames (default 10,
+    a box refresh for display and monitoring: the learned detector's box-only call costs
+    ~15-30 ms on one CPU thread, so this keeps it to 2-3 ms per frame and the pipeline above
+    100 frames/s on 2 cores). In between, the ROI is reused: the crop must stay fixed on the
+    rotation axis for the tomography, and the segmentation of the crop follows the cell every
+    frame anyway. Detectors with a cheap box-only path
+    (:class:`~mcf_rotator.reconstruction.detection.BoxDetector`) are called through it.
+    """
+
     roi_px: int = 256  # fixed crop side (full-frame pixels)
     volume_size: int = 128  # reconstruction grid (crops are resampled to this)
-    detect_every: int = 10
+    detect_every: int = 10  # frames between full-frame detections once a cell is found (>= 1)
     cell_px: float = 140.0
     direction: int = 1  # sign of the commanded rotation (unobservable in projections)
     nominal_step_deg: float = 1.0
@@ -160,6 +187,10 @@ class LivePipeline:
     def __init__(self, config: LivePipelineConfig | None = None) -> None:
         self.cfg = config or LivePipelineConfig()
         self.detector = self.cfg.detector or ClassicalDetector(cell_px=self.cfg.cell_px)
+        if self.cfg.detect_every < 1:
+            raise ReconstructionError(f"detect_every must be >= 1, got {self.cfg.detect_every}")
+        self.n_detections = 0  # full-frame detector calls so far
+        self.detect_seconds = 0.0  # time spent in them
         self.segmenter = self.cfg.segmenter or ClassicalSegmenter()
         tc = dataclasses.replace(self.cfg.tracker, direction=self.cfg.direction,
                                  nominal_step_deg=self.cfg.nominal_step_deg)
@@ -184,23 +215,36 @@ class LivePipeline:
         y0 = int(np.clip(round(cy - r / 2), 0, h - r))
         return x0, y0, x0 + r, y0 + r
 
+    def _detect(self, image: np.ndarray) -> list[Detection]:
+        """One full-frame detection (box-only path when the detector has one), timed."""
+        t0 = time.perf_counter()
+        if isinstance(self.detector, BoxDetector):
+            dets = self.detector.detect_boxes(image)
+        else:
+            dets = self.detector.detect(image)
+        self.n_detections += 1
+        self.detect_seconds += time.perf_counter() - t0
+        return dets
+
     def process(self, image: np.ndarray, timestamp: float) -> FrameResult:
-        """Process one full camera frame; never raises for a frame without a cell (ok=False)."""
+        """Process one full camera frame; never raises for a frame without a cell (ok=False).
+
+        Detection follows the schedule of :class:`LivePipelineConfig` (``detect_every``).
+        """
         t0 = time.perf_counter()
         idx = self._index
         self._index += 1
-        gray = to_gray_float(image)
         if self._roi is None or idx % self.cfg.detect_every == 0:
-            dets = self.detector.detect(image)
+            dets = self._detect(image)
             if dets:
                 self._box = dets[0].box
                 if self._roi is None:
                     x0, y0, x1, y1 = self._box
-                    self._roi = self._place_roi(gray.shape, (x0 + x1) / 2, (y0 + y1) / 2)
+                    self._roi = self._place_roi(np.shape(image)[:2], (x0 + x1) / 2, (y0 + y1) / 2)
             elif self._roi is None:
                 return FrameResult(idx, None, None, None, None, None, False)
         x0, y0, x1, y1 = self._roi
-        crop = gray[y0:y1, x0:x1]
+        crop = to_gray_float(image[y0:y1, x0:x1])  # only the ROI is converted
         mask = self.segmenter.segment(crop)
         contour = outer_contour(mask) if mask.any() else None
         if contour is None:
@@ -261,6 +305,8 @@ class LivePipeline:
             coverage_deg=coverage,
             axis_offset_px=offset * self.cfg.roi_px / self.cfg.volume_size,
             tilt_deg=tilt,
-            timings_s={"per_frame_mean": self._t_process / max(n_used, 1), "finalize": time.perf_counter() - t0},
+            timings_s={"per_frame_mean": self._t_process / max(n_used, 1), "finalize": time.perf_counter() - t0,
+                       "detect_mean": self.detect_seconds / max(self.n_detections, 1)},
+            detections=self.n_detections,
         )
         return ReconstructionResult(vol, ang, offset, tilt, report)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from mcf_rotator.errors import ReconstructionError
+from mcf_rotator.reconstruction.detection import BoxDetector, ClassicalDetector, Detection
 from mcf_rotator.reconstruction.fbp import fbp
 from mcf_rotator.reconstruction.live import LivePipeline, LivePipelineConfig
 from mcf_rotator.simulation.brightfield import BrightfieldOptics, CellInstance, render_scene
@@ -83,3 +84,48 @@ def test_full_sweep_angles_and_volume():
     # given angles bypass tracking and refinement
     res2 = pipe.finalize(ang)
     np.testing.assert_allclose(res2.angles_deg, ang)
+
+
+class CountingDetector:
+    """Classical detection, counting the calls of each path."""
+
+    def __init__(self, boxes_path: bool) -> None:
+        self.inner = ClassicalDetector(cell_px=76.0)
+        self.calls = {"detect": [], "detect_boxes": []}
+        self.frame = 0
+        if boxes_path:
+            self.detect_boxes = self._boxes  # instance attribute: only this detector is a BoxDetector
+
+    def detect(self, image: np.ndarray) -> list[Detection]:
+        self.calls["detect"].append(self.frame)
+        return self.inner.detect(image)
+
+    def _boxes(self, image: np.ndarray) -> list[Detection]:
+        self.calls["detect_boxes"].append(self.frame)
+        return [Detection(d.box, d.score) for d in self.inner.detect(image)]
+
+
+@pytest.mark.parametrize("boxes_path", [False, True])
+def test_detection_schedule(boxes_path):
+    _ang, imgs = frames(24)
+    det = CountingDetector(boxes_path)
+    assert isinstance(det, BoxDetector) == boxes_path
+    pipe = LivePipeline(LivePipelineConfig(roi_px=96, volume_size=96, cell_px=76.0, nominal_step_deg=2.0,
+                                           detector=det, detect_every=5, min_frames=20, refine=False))
+    blank = np.full_like(imgs[0], 200)
+    # no cell yet: every frame is searched until one is found, then every 5th frame
+    for i, img in enumerate([blank, blank, *imgs]):
+        det.frame = i
+        r = pipe.process(img, float(i))
+        assert r.ok == (i >= 2)
+    used = det.calls["detect_boxes" if boxes_path else "detect"]
+    assert used == [0, 1, 2, 5, 10, 15, 20, 25]
+    assert not det.calls["detect" if boxes_path else "detect_boxes"]
+    assert pipe.n_detections == len(used) and pipe.detect_seconds > 0
+    res = pipe.finalize(_ang)
+    assert res.report["detections"] == len(used) and res.report["timings_s"]["detect_mean"] > 0
+
+
+def test_detect_every_must_be_positive():
+    with pytest.raises(ReconstructionError, match="detect_every"):
+        LivePipeline(LivePipelineConfig(detect_every=0))

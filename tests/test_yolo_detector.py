@@ -96,6 +96,77 @@ def test_segment_crop(detector: YoloCellDetector) -> None:
     assert not detector.segment(blank).any()
 
 
+@needs_weights
+def test_live_boxes_match_predict(detector: YoloCellDetector) -> None:
+    """The live path (own letterbox, fused channels-last copy, no prototypes) finds the same boxes."""
+    from mcf_rotator.reconstruction.detection import BoxDetector
+
+    assert isinstance(detector, BoxDetector)
+    rng = np.random.default_rng(11)
+    for shape in ((480, 640), (300, 500), (256, 256), (640, 480)):
+        s = render_sample(rng, shape, EASY)
+        ref = detector.detect(s.image, with_masks=False)
+        live = detector.detect_boxes(s.image)
+        assert len(live) == len(ref) == len(s.boxes)
+        assert [d.score for d in live] == sorted((d.score for d in live), reverse=True)
+        for a, b in zip(live, ref):
+            assert a.mask is None
+            assert box_iou(a.box, b.box) > 0.99 and abs(a.score - b.score) < 1e-3
+            assert 0 <= a.box[0] < a.box[2] <= shape[1] and 0 <= a.box[1] < a.box[3] <= shape[0]
+    img16 = (s.image.astype(np.uint16) * 16)  # deeper cameras go through the same 8-bit view
+    assert len(detector.detect_boxes(img16)) == len(s.boxes)
+    empty = render_sample(np.random.default_rng(0), (480, 640), Conditions(p_empty=1.0, debris=(3, 6), p_crop=0.0))
+    assert detector.detect_boxes(empty.image) == []
+    with pytest.raises(ValueError):
+        detector.detect_boxes(np.zeros((4, 4, 3), np.uint8))
+    # the loaded model is untouched: predict still returns masks
+    assert detector.detect(s.image)[0].mask is not None
+
+
+@needs_weights
+def test_live_path_falls_back_to_predict(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mcf_rotator.reconstruction import yolo
+
+    def broken(model):
+        raise RuntimeError("unknown head")
+
+    monkeypatch.setattr(yolo._LiveNet, "from_model", staticmethod(broken))
+    det = YoloCellDetector(threads=1)
+    s = render_sample(np.random.default_rng(3), (480, 640), EASY)
+    ref = det.detect(s.image, with_masks=False)
+    live = det.detect_boxes(s.image)
+    assert [d.box for d in live] == [d.box for d in ref]
+
+
+@needs_weights
+def test_live_pipeline_with_learned_detector(detector: YoloCellDetector) -> None:
+    """Full rig frames through LivePipeline with the YOLO detector on its schedule."""
+    from mcf_rotator.config import load_config
+    from mcf_rotator.reconstruction.live import LivePipeline, LivePipelineConfig
+    from mcf_rotator.simulation.brightfield import CellInstance, render_scene
+    from mcf_rotator.simulation.phantom import pose_matrix
+    from mcf_rotator.simulation.world import SimulatedWorld
+
+    cfg = load_config()
+    world = SimulatedWorld(cfg)
+    optics = world.brightfield_optics()
+    h, w = cfg.simulation.camera_shape
+    centre = (h / 2 + 10.0, w / 2 - 20.0)
+    rng = np.random.default_rng(1)
+    cell_px = 2 * world.phantom.radius_um / optics.pixel_um
+    pipe = LivePipeline(LivePipelineConfig(roi_px=224, volume_size=64, cell_px=cell_px, detector=detector,
+                                           detect_every=5))
+    for i in range(12):
+        img = render_scene((h, w), [CellInstance(world.phantom, pose_matrix(2.0 * i, 1.0), centre)], optics, rng,
+                           walls=True).image
+        r = pipe.process(img, float(i))
+        assert r.ok
+        x0, y0, x1, y1 = r.box
+        assert x0 < centre[1] < x1 and y0 < centre[0] < y1
+        assert np.hypot(r.circle[0] - centre[1], r.circle[1] - centre[0]) < 0.15 * cell_px  # the cell, segmented
+    assert pipe.n_detections == 3  # frames 0, 5 and 10
+
+
 def test_fallback_to_classical_with_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING):
         det = make_default_detector(tmp_path / "missing.pt")

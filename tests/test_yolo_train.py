@@ -49,6 +49,9 @@ def test_fine_tune_shipped_weights(tmp_path: Path) -> None:
     b = dict(shipped["model"].float().named_parameters())
     assert a.keys() == b.keys()
     assert any(not torch.equal(a[k], b[k]) for k in a)  # the weights moved
+    # ...but only a little: fine-tuning starts from the shipped weights, not from a fresh model
+    drift = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert drift < 0.05, f"fine-tuned weights moved {drift:.3f} from the shipped ones (trained from scratch?)"
 
 
 def test_training_errors_name_the_problem(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
