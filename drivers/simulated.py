@@ -277,6 +277,20 @@ class SimulatedSLM(BaseDevice):
                 self._grey = phase_to_grey(self._phase, self.two_pi_grey)
             return self._grey
 
+    def grey_preview(self, max_side: int) -> np.ndarray | None:
+        """``current_grey`` at every n-th pixel (no side above ``max_side``), for display.
+
+        Converts only the pixels shown (the same values as striding the full grey image), so
+        a 2 Hz preview does not convert 2 million pixels per pattern.
+        """
+        with self.lock:
+            image, convert = (self._grey, False) if self._grey is not None else (self._phase, True)
+        if image is None:
+            return None
+        step = max(1, -(-max(image.shape) // max(1, int(max_side))))
+        sub = image[::step, ::step]
+        return phase_to_grey(sub, self.two_pi_grey) if convert else np.ascontiguousarray(sub)
+
 
 class SimulatedTrap(BaseDevice):
     """The trapping laser: switches the world's laser and sets its power."""

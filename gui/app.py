@@ -14,12 +14,15 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from mcf_rotator.gui.responsiveness import freeze_long_lived_heap, prefer_gui_thread
+
 log = logging.getLogger("mcf_rotator.gui")
 
 
 def _ensure_app() -> Any:
     from qtpy.QtWidgets import QApplication
 
+    prefer_gui_thread()
     app = QApplication.instance()
     if app is None:
         app = QApplication(sys.argv[:1])
@@ -107,7 +110,9 @@ def create_main_window(config_path: str | Path | None = None, simulate: bool = F
     settings = UserSettings.load(settings_path)
     controller = build_controller(config_path, simulate, settings)
     simulated = simulate or bool(getattr(controller.config, "is_simulated", False))
-    return MainWindow(controller, settings=settings, simulated=simulated)
+    window = MainWindow(controller, settings=settings, simulated=simulated)
+    freeze_long_lived_heap()  # napari, Qt and the rig are built: keep them out of every gc pass
+    return window
 
 
 def run_app(config_path: str | Path | None = None, simulate: bool = False) -> int:

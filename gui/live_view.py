@@ -3,6 +3,8 @@
 Data is pulled: a QTimer asks the controller for its newest frame and result and draws only
 when the frame index changed, so a slow GUI never slows the camera (frames are simply
 skipped). Levels are fixed (from the camera bit depth) so no per-frame histogram is computed.
+The view's rate counts frames actually painted (a frame replaced before the next repaint is
+not counted), which is what the operator sees.
 """
 
 from __future__ import annotations
@@ -43,21 +45,40 @@ class FpsMeter:
         return (len(self._times) - 1) / span if span > 0 else 0.0
 
 
+class _PaintNotifyingImageItem(pg.ImageItem):
+    """ImageItem that calls ``on_paint`` after each paint (to count frames really shown)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.on_paint: Callable[[], None] | None = None
+
+    def paint(self, p: Any, *args: Any) -> None:
+        super().paint(p, *args)
+        if self.on_paint is not None:
+            self.on_paint()
+
+
 class _ImageCanvas(pg.GraphicsLayoutWidget):
     """A locked-aspect ViewBox with one ImageItem (y down, like the camera)."""
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewbox = self.addViewBox(lockAspect=True, invertY=True, enableMenu=False)
-        self.image_item = pg.ImageItem(axisOrder="row-major")
+        self.image_item = _PaintNotifyingImageItem(axisOrder="row-major")
         self.viewbox.addItem(self.image_item)
         self._shape: tuple[int, ...] | None = None
 
     def show_image(self, image: np.ndarray, levels: tuple[float, float] | None) -> None:
+        """Show ``image`` with fixed ``levels`` (None: its own min..max)."""
         if levels is None:
             lo, hi = float(np.min(image)), float(np.max(image))
             levels = (lo, hi if hi > lo else lo + 1.0)
-        self.image_item.setImage(image, levels=levels, autoLevels=False, autoDownsample=False)
+        shown: tuple[float, float] | None = levels
+        if image.dtype == np.uint8 and tuple(levels) == (0.0, 255.0):
+            # identity levels: without them pyqtgraph hands the bytes to Qt as Grayscale8
+            # instead of building a 256-entry colour table and an indexed image at every paint
+            shown = None
+        self.image_item.setImage(image, levels=shown, autoLevels=False, autoDownsample=False)
         if self._shape != image.shape:
             self._shape = image.shape
             self.viewbox.autoRange(padding=0)
@@ -89,8 +110,11 @@ class LiveView(QWidget):
             item.setZValue(10)
             vb.addItem(item)
         self.levels = levels if levels is not None else self._default_levels()
+        #: frames painted (not merely handed to the image item) per second
         self.meter = FpsMeter()
         self.last_index: int | None = None
+        self._painted_index: int | None = None
+        self.canvas.image_item.on_paint = self._on_image_painted
         self.last_result_index: int | None = None
         self.on_frame: Callable[[Any], None] | None = None
         self.timer = QTimer(self)
@@ -130,7 +154,6 @@ class LiveView(QWidget):
             # integer frames: fixed levels from the bit depth; float frames scale themselves
             self.canvas.show_image(image, self.levels if image.dtype.kind in "ui" else None)
             self.last_index = frame.index
-            self.meter.tick()
             if self.on_frame is not None:
                 self.on_frame(frame)
         try:
@@ -144,6 +167,12 @@ class LiveView(QWidget):
         elif idx != self.last_result_index:
             self.draw_overlays(result)
         self.last_result_index = idx
+
+    def _on_image_painted(self) -> None:
+        """Count a frame once, when it first reaches the screen."""
+        if self.last_index is not None and self.last_index != self._painted_index:
+            self._painted_index = self.last_index
+            self.meter.tick()
 
     def clear_overlays(self) -> None:
         self.box_item.setData([], [])

@@ -38,10 +38,17 @@ from mcf_rotator.gui.bridge import ControllerBridge
 from mcf_rotator.gui.live_view import LiveView, SmallImageView
 from mcf_rotator.gui.log_panel import LogPanel
 from mcf_rotator.gui.plots import AnglePlot
+from mcf_rotator.gui.responsiveness import collect_and_freeze, freeze_long_lived_heap, thaw_heap
 from mcf_rotator.gui.user_settings import UserSettings
 from mcf_rotator.gui.volume_view import VolumeView
 
 log = logging.getLogger("mcf_rotator.gui")
+
+#: longest side of the SLM preview (the controller strides the 1920x1080 pattern to it)
+SLM_PREVIEW_SIDE = 480
+
+#: states that end a run: objects frozen during it (pipeline, detector) become collectable
+RUN_OVER_STATES: frozenset[str] = frozenset({"IDLE", "ERROR"})
 
 #: which command buttons are enabled in which controller state (by RigState name)
 ENABLED_IN: dict[str, set[str]] = {
@@ -86,6 +93,14 @@ def stat(get: Callable[..., Any], *keys: str) -> float:
     return 0.0
 
 
+def _set_text(label: QLabel, text: str) -> bool:
+    """Set a label's text only when it changes (a change may re-lay out and repaint the bar)."""
+    if label.text() == text:
+        return False
+    label.setText(text)
+    return True
+
+
 class MainWindow(QMainWindow):
     """Everything the operator needs for one rig controller."""
 
@@ -124,7 +139,8 @@ class MainWindow(QMainWindow):
         self.bridge.state_changed.connect(self._on_state_changed)
         self.bridge.message.connect(self._on_message)
         self.bridge.error.connect(self._on_error)
-        self.bridge.volume_updated.connect(self.volume_view.mark_dirty)
+        self.bridge.volume_updated.connect(self._on_volume_updated)
+        self._freeze_on_first_volume = False
         self.bridge.finished.connect(self._on_finished)
 
         # owned by the window, so it dies with it (a bare singleShot could fire after deletion)
@@ -174,7 +190,8 @@ class MainWindow(QMainWindow):
         self.live_view = LiveView(c, left, fps=self.settings.live_fps)
         left.addWidget(self.live_view)
         self.side_tabs = QTabWidget(left)
-        self.slm_view = SmallImageView(lambda: c.slm_image(), self.side_tabs, hz=2.0, levels=(0, 255))
+        self.slm_view = SmallImageView(lambda: c.slm_image(max_side=SLM_PREVIEW_SIDE), self.side_tabs, hz=2.0,
+                                       levels=(0, 255), max_side=SLM_PREVIEW_SIDE)
         self.side_tabs.addTab(self.slm_view, "SLM pattern")
         self.beam_view = SmallImageView(lambda: c.beam_image(), self.side_tabs, hz=2.0, colormap="inferno")
         self.side_tabs.addTab(self.beam_view, "Beam (far field)" + (" - simulated" if self.simulated else ""))
@@ -304,6 +321,7 @@ class MainWindow(QMainWindow):
         self.status_recorded = QLabel("recorded 0")
         self.status_trapped = QLabel("no cell trapped")
         self.status_trapped.setObjectName("trappedIndicator")
+        self.status_trapped.setStyleSheet("color:#606060;")
         for w in (self.status_state, self.status_trapped, self.status_fps, self.status_dropped, self.status_queue,
                   self.status_recorded):
             w.setContentsMargins(6, 0, 6, 0)
@@ -331,19 +349,20 @@ class MainWindow(QMainWindow):
             log.debug("stats unavailable: %s", exc)
             return
         cam_fps = stat(get, "fps", "camera_fps")
-        self.status_fps.setText(f"camera {cam_fps:.1f} fps | view {self.live_view.fps:.1f} fps")
-        self.status_dropped.setText(f"dropped {int(stat(get, 'dropped', 'dropped_frames'))}")
-        self.status_queue.setText(f"queue {int(stat(get, 'queue_depth'))}")
-        self.status_recorded.setText(f"recorded {int(stat(get, 'recorded', 'recorded_frames'))}")
+        _set_text(self.status_fps, f"camera {cam_fps:.1f} fps | view {self.live_view.fps:.1f} fps")
+        _set_text(self.status_dropped, f"dropped {int(stat(get, 'dropped', 'dropped_frames'))}")
+        _set_text(self.status_queue, f"queue {int(stat(get, 'queue_depth'))}")
+        _set_text(self.status_recorded, f"recorded {int(stat(get, 'recorded', 'recorded_frames'))}")
         self.show_trapped(get("trapped", None))
 
     def show_trapped(self, trapped: Any) -> None:
         """Status-bar indicator: is a cell held in the trap (None: the controller does not say)?"""
-        self.status_trapped.setVisible(trapped is not None)
+        if self.status_trapped.isVisibleTo(self) != (trapped is not None):
+            self.status_trapped.setVisible(trapped is not None)
         if trapped is None:
             return
-        self.status_trapped.setText("cell trapped" if trapped else "no cell trapped")
-        self.status_trapped.setStyleSheet("color:#007000; font-weight:bold;" if trapped else "color:#606060;")
+        if _set_text(self.status_trapped, "cell trapped" if trapped else "no cell trapped"):
+            self.status_trapped.setStyleSheet("color:#007000; font-weight:bold;" if trapped else "color:#606060;")
 
     # ------------------------------------------------------------------ commands
     def run_command(self, name: str, fn: Callable[[], Any], wait: bool = False) -> bool:
@@ -406,6 +425,30 @@ class MainWindow(QMainWindow):
             self.pause_button.blockSignals(False)
         if old is not None:
             self.log_panel.append("INFO", f"state {state_name(old)} -> {name}")
+        self._manage_heap(name)
+
+    def _manage_heap(self, state: str) -> None:
+        """Keep full gc passes short during a run (see :mod:`~mcf_rotator.gui.responsiveness`).
+
+        ROTATING (trap has built the holograms; the previous run's pipeline was dropped):
+        collect once, freeze. RECONSTRUCTING (detector loaded) and the run's first volume
+        (its first inference imported what it needs): freeze. IDLE/ERROR: thaw, so the run's
+        objects can be collected.
+        """
+        if state == "ROTATING":
+            collect_and_freeze()
+        elif state == "RECONSTRUCTING":
+            freeze_long_lived_heap()
+        elif state in RUN_OVER_STATES:
+            thaw_heap()
+        self._freeze_on_first_volume = state == "RECONSTRUCTING"
+
+    def _on_volume_updated(self, version: int) -> None:
+        """A new snapshot exists (the view's timer uploads it); freeze the heap after the first."""
+        self.volume_view.mark_dirty(version)
+        if self._freeze_on_first_volume:
+            self._freeze_on_first_volume = False
+            freeze_long_lived_heap()
 
     def _on_message(self, level: str, text: str) -> None:
         if level.upper() == "ERROR" and text == self._last_error_text:

@@ -1,7 +1,13 @@
-"""Tracked angle vs time and angular coverage, pulled from the controller at ~10 Hz."""
+"""Tracked angle vs time and angular coverage, pulled from the controller at ~5 Hz.
+
+The axes are not auto-ranged: they grow in whole steps (10 s, 90 deg), so a refresh
+repaints only the curve; re-laying out and re-drawing both axes on every new point cost
+more than the live view's frame.
+"""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -13,7 +19,11 @@ from qtpy.QtWidgets import QLabel, QProgressBar, QVBoxLayout, QWidget
 class AnglePlot(QWidget):
     """Angle trace plus a coverage bar with the 180 deg (minimum) and target marks."""
 
-    def __init__(self, controller: Any, parent: QWidget | None = None, hz: float = 10.0) -> None:
+    #: axis ranges grow in these steps (seconds, degrees)
+    TIME_STEP_S = 10.0
+    ANGLE_STEP_DEG = 90.0
+
+    def __init__(self, controller: Any, parent: QWidget | None = None, hz: float = 5.0) -> None:
         super().__init__(parent)
         self.controller = controller
         self.plot = pg.PlotWidget(self)
@@ -21,6 +31,8 @@ class AnglePlot(QWidget):
         self.plot.setLabel("left", "tracked angle (deg)")
         self.plot.showGrid(x=True, y=True, alpha=0.3)
         self.plot.setMenuEnabled(False)
+        self.plot.disableAutoRange()
+        self._range: tuple[float, float, float, float] | None = None
         self.curve = self.plot.plot([], [], pen=pg.mkPen("#1f77b4", width=2))
         self.target = self._target_deg()
         self.min_line = pg.InfiniteLine(pos=180, angle=0, pen=pg.mkPen("#888", style=pg.QtCore.Qt.PenStyle.DashLine))
@@ -66,6 +78,7 @@ class AnglePlot(QWidget):
                 t0 = t[0]
                 step = max(1, n // 4000)  # keep the curve cheap for long runs
                 self.curve.setData(t[:n:step] - t0, a[:n:step])
+                self._grow_range(float(t[n - 1] - t0), float(np.nanmin(a[:n])), float(np.nanmax(a[:n])))
             else:
                 self.curve.setData([], [])
         cov = None
@@ -77,8 +90,29 @@ class AnglePlot(QWidget):
             cov = float(np.nanmax(a[:n]) - np.nanmin(a[:n]))
         self.set_coverage(float(cov or 0.0))
 
+    def _grow_range(self, t_max: float, a_min: float, a_max: float) -> None:
+        """Set the view to whole steps around the data (and the 180 deg mark); no-op if unchanged."""
+        x1 = self.TIME_STEP_S * max(1, math.ceil(t_max / self.TIME_STEP_S))
+        s = self.ANGLE_STEP_DEG
+        y0 = min(0.0, s * math.floor(a_min / s)) if math.isfinite(a_min) else 0.0
+        y1 = max(180.0, s * math.ceil(a_max / s)) if math.isfinite(a_max) else 180.0
+        rng = (0.0, x1, y0, y1)
+        if rng != self._range:
+            self._range = rng
+            self.plot.setRange(xRange=(0.0, x1), yRange=(y0, y1), padding=0.02)
+
     def set_coverage(self, coverage_deg: float) -> None:
+        """Update bar and label only when what they show changes.
+
+        ``QProgressBar.setValue`` repaints synchronously whenever its text changes, and every
+        repaint of the window costs the live view a frame; at 10 Hz with an unchanged value
+        that was pure waste.
+        """
         self.coverage_deg = coverage_deg
-        self.coverage_bar.setValue(int(min(coverage_deg, self.target)))
+        value = int(min(coverage_deg, self.target))
+        if value != self.coverage_bar.value():
+            self.coverage_bar.setValue(value)
         state = "enough for a volume" if coverage_deg >= 180 else "need >= 180"
-        self.coverage_label.setText(f"coverage: {coverage_deg:.0f} deg ({state}; target {self.target:.0f})")
+        text = f"coverage: {coverage_deg:.0f} deg ({state}; target {self.target:.0f})"
+        if text != self.coverage_label.text():
+            self.coverage_label.setText(text)

@@ -5,16 +5,26 @@ costs ~200 ms on a software GL, so refreshes are coalesced: ``volume_updated`` o
 view dirty and a timer (1-5 Hz) uploads the newest snapshot if its version changed.
 Contrast limits are set explicitly on every upload (napari would otherwise keep the range
 of the first, nearly empty volume).
+
+Two costs are kept off the rest of the window:
+
+* the timer's uploads are prepared (downsampled preview, display range, slices) on a worker
+  thread; the GUI thread only hands the result to napari and the slice images;
+* the napari viewer is its own native window. A GL widget inside a top-level makes Qt
+  compose the *whole* top-level with OpenGL on every repaint; on a software GL that costs
+  tens of ms per live-view frame. As a native child only its own area is composed.
 """
 
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyqtgraph as pg
-from qtpy.QtCore import Qt, QTimer
+from qtpy.QtCore import QObject, Qt, QTimer, Signal
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QSplitter, QVBoxLayout, QWidget
 
 
@@ -42,6 +52,35 @@ def contrast_for(volume: np.ndarray) -> tuple[float, float]:
     return (lo, hi)
 
 
+@dataclass(frozen=True)
+class PreparedVolume:
+    """What one upload shows, computed without Qt (so it can be made on a worker thread)."""
+
+    snapshot: Any
+    shape: tuple[int, int, int]  # full-resolution (H, D, W)
+    shown: np.ndarray  # what napari ray-casts (preview or full resolution)
+    scale: tuple[float, float, float]  # napari scale so the preview spans the full volume
+    contrast: tuple[float, float]
+    slices: tuple[np.ndarray, np.ndarray, np.ndarray]  # full-resolution central slices
+
+
+def prepare_volume(snap: Any, max_side: int) -> PreparedVolume:
+    """Preview, display range and central slices of a snapshot (``max_side`` <= 0: full size)."""
+    vol = np.asarray(snap.volume, dtype=np.float32)
+    contrast = contrast_for(vol)
+    shown = preview(vol, max_side) if max_side > 0 else vol
+    scale = tuple(a / b for a, b in zip(vol.shape, shown.shape))
+    h, d, w = vol.shape
+    slices = tuple(np.ascontiguousarray(s) for s in (vol[h // 2], vol[:, d // 2, :], vol[:, :, w // 2]))
+    return PreparedVolume(snap, vol.shape, shown, scale, contrast, slices)  # type: ignore[arg-type]
+
+
+class _Delivery(QObject):
+    """Carries a prepared volume from the worker thread to the GUI thread (queued)."""
+
+    ready = Signal(object)
+
+
 class OrthoSlices(QWidget):
     """Central slices through the (H, D, W) volume: transverse (D, W), front (H, W), side (H, D)."""
 
@@ -64,15 +103,19 @@ class OrthoSlices(QWidget):
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(self.canvas)
-        self._shape: tuple[int, ...] | None = None
+        self._shape: tuple[Any, ...] | None = None
 
     def set_volume(self, volume: np.ndarray, levels: tuple[float, float]) -> None:
         h, d, w = volume.shape
-        slices = (volume[h // 2], volume[:, d // 2, :], volume[:, :, w // 2])
+        self.set_slices((volume[h // 2], volume[:, d // 2, :], volume[:, :, w // 2]), levels)
+
+    def set_slices(self, slices: tuple[np.ndarray, ...], levels: tuple[float, float]) -> None:
+        """Show the three (already extracted) central slices with fixed levels."""
         for item, sl in zip(self.items, slices):
             item.setImage(np.ascontiguousarray(sl), levels=levels, autoLevels=False)
-        if self._shape != volume.shape:
-            self._shape = volume.shape
+        shape = tuple(sl.shape for sl in slices)
+        if self._shape != shape:
+            self._shape = shape
             for vb in self.views:
                 vb.autoRange(padding=0)
 
@@ -80,9 +123,10 @@ class OrthoSlices(QWidget):
 class VolumeView(QWidget):
     """napari 3D MIP of the newest volume snapshot + orthogonal slices, refreshed <= refresh_hz."""
 
-    #: live 3D preview resolution: a 64^3 MIP repaints ~8x cheaper than 128^3 on software GL;
-    #: the slices and the final (finished) volume are shown at full resolution
-    PREVIEW_MAX_SIDE = 64
+    #: live 3D preview resolution (a 128^3 volume is block-averaged by 3 to 42^3): on a software
+    #: GL the MIP repaint blocks the GUI thread ~230 ms at 64^3 and ~130 ms at 42^3 (2 busy
+    #: cores); the slices and the final (finished) volume are shown at full resolution
+    PREVIEW_MAX_SIDE = 48
 
     def __init__(self, controller: Any, parent: QWidget | None = None, refresh_hz: float = 1.0) -> None:
         super().__init__(parent)
@@ -92,7 +136,12 @@ class VolumeView(QWidget):
         self.controller = controller
         self.model = ViewerModel(title="volume", ndisplay=3)
         self.qt_viewer = QtViewer(self.model, show_welcome_screen=False)
+        # own native window: only the viewer's area is GL-composed when it repaints, not the
+        # whole main window at every live-view frame (see the module docstring)
+        self.qt_viewer.setAttribute(Qt.WidgetAttribute.WA_NativeWindow)
+        #: the volume layer once a snapshot was shown (None before)
         self.layer = None
+        self._make_layer()
         self.slices = OrthoSlices(self)
         self.info = QLabel("no volume yet", self)
         self.info.setObjectName("volumeInfo")
@@ -112,12 +161,17 @@ class VolumeView(QWidget):
         self.snapshot: Any = None
         self.contrast: tuple[float, float] = (0.0, 1.0)
         self.refresh_count = 0
-        #: (start, end) perf_counter times of each upload, for the stall benchmark
+        #: (start, end) perf_counter times of each napari upload, for the stall benchmark
         self.refresh_intervals: list[tuple[float, float]] = []
         self._dirty = True
+        self._preparing: int | None = None  # snapshot version being prepared on the worker
+        self._generation = 0  # bumped by every synchronous upload: older async results are stale
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="volume-prepare")
+        self._delivery = _Delivery()
+        self._delivery.ready.connect(self._show_prepared)
         self.timer = QTimer(self)
         self.set_refresh_hz(refresh_hz)
-        self.timer.timeout.connect(self.refresh)
+        self.timer.timeout.connect(self.refresh_async)
 
     def set_refresh_hz(self, hz: float) -> None:
         self.timer.setInterval(int(1000 / min(5.0, max(0.2, hz))))
@@ -132,54 +186,111 @@ class VolumeView(QWidget):
         """Called on ``volume_updated``: only remember it; the timer coalesces uploads."""
         self._dirty = True
 
-    def refresh(self, force: bool = False, full_resolution: bool = False) -> bool:
-        """Upload the newest snapshot if its version changed. Returns True when it did."""
+    def _newest_snapshot(self) -> Any:
         try:
-            snap = self.controller.volume_snapshot()
-        except Exception:
-            return False
+            return self.controller.volume_snapshot()
+        except Exception:  # a controller without a volume yet (or mid-reset): nothing to show
+            return None
+
+    def refresh(self, force: bool = False, full_resolution: bool = False) -> bool:
+        """Upload the newest snapshot now if its version changed. Returns True when it did."""
+        snap = self._newest_snapshot()
         if snap is None or (not force and snap.version == self.shown_version):
             self._dirty = False
             return False
-        t0 = time.perf_counter()
-        self.show_snapshot(snap, full_resolution=full_resolution)
-        self.refresh_intervals.append((t0, time.perf_counter()))
+        self.show_snapshot(snap, full_resolution)
         self._dirty = False
         return True
 
-    def show_snapshot(self, snap: Any, full_resolution: bool = False) -> None:
-        vol = np.asarray(snap.volume, dtype=np.float32)
-        lo, hi = contrast_for(vol)
-        self.contrast = (lo, hi)
-        shown = vol if full_resolution else preview(vol, self.PREVIEW_MAX_SIDE)
-        scale = tuple(a / b for a, b in zip(vol.shape, shown.shape))
-        if self.layer is None or self.layer.data.shape != shown.shape:
-            if self.layer is not None:
-                self.model.layers.remove(self.layer)
-            self.layer = self.model.add_image(
-                shown, name="volume", rendering="mip", colormap="gray", contrast_limits=(lo, hi), scale=scale
-            )
-            self.model.reset_view()
-        else:
-            self.layer.data = shown
-            self.layer.contrast_limits_range = (min(lo, 0.0), hi)
-            self.layer.contrast_limits = (lo, hi)
-        self.slices.set_volume(vol, (lo, hi))
+    def refresh_async(self) -> bool:
+        """Timer tick: prepare the newest snapshot on the worker; it is shown when ready.
+
+        At most one preparation is in flight, so a slow worker skips versions instead of
+        queueing them. Returns True when a preparation was started.
+        """
+        snap = self._newest_snapshot()
+        if snap is None or snap.version == self.shown_version or self._preparing is not None:
+            return False
+        self._preparing = snap.version
+        try:
+            self._pool.submit(self._prepare, snap, self._generation)
+        except RuntimeError:  # closing
+            self._preparing = None
+            return False
+        return True
+
+    def _prepare(self, snap: Any, generation: int) -> None:
+        """Worker thread: compute the upload and hand it to the GUI thread."""
+        try:
+            prepared = prepare_volume(snap, self.PREVIEW_MAX_SIDE)
+        except Exception:  # a bad snapshot must not kill the worker; the next tick retries
+            prepared = None
+        try:
+            self._delivery.ready.emit((generation, prepared))
+        except RuntimeError:  # view already deleted
+            pass
+
+    def _show_prepared(self, delivered: tuple[int, PreparedVolume | None]) -> None:
+        generation, prepared = delivered
+        self._preparing = None
+        if prepared is None or generation != self._generation:
+            return  # failed, or a synchronous upload (e.g. the final volume) came in between
+        self._apply(prepared)
+        self._dirty = False
+
+    def _apply(self, prepared: PreparedVolume) -> None:
+        """GUI thread: hand a prepared volume to napari and the slices (timed for the benchmark)."""
+        t0 = time.perf_counter()
+        self._set_layer(prepared.shown, prepared.contrast, prepared.scale)
+        self.refresh_intervals.append((t0, time.perf_counter()))
+        self.contrast = prepared.contrast
+        self.slices.set_slices(prepared.slices, prepared.contrast)
+        snap = prepared.snapshot
         self.snapshot = snap
         self.shown_version = snap.version
         self.refresh_count += 1
+        h, d, w = prepared.shape
         self.info.setText(
-            f"volume v{snap.version}: {vol.shape[0]}x{vol.shape[1]}x{vol.shape[2]} (row x depth x column), "
+            f"volume v{snap.version}: {h}x{d}x{w} (row x depth x column), "
             f"{snap.n_projections} projections, {snap.coverage_deg:.0f} deg"
         )
+
+    def _make_layer(self) -> None:
+        """The one volume layer, made (empty) with the viewer: napari's first draw of a volume
+        layer compiles its shaders, ~0.5 s on a software GL, which then happens at start-up
+        instead of in the middle of a run. Every upload replaces its data in place."""
+        self._layer = self.model.add_image(
+            np.zeros((2, 2, 2), np.float32), name="volume", rendering="mip", colormap="gray",
+            contrast_limits=(0.0, 1.0),
+        )
+
+    def _set_layer(self, shown: np.ndarray, contrast: tuple[float, float], scale: tuple[float, ...]) -> None:
+        """Replace the layer's data, scale and display range in place."""
+        lo, hi = contrast
+        layer = self._layer
+        reshaped = layer.data.shape != shown.shape or tuple(layer.scale) != tuple(scale)
+        layer.data = shown
+        if reshaped:
+            layer.scale = scale
+        layer.contrast_limits_range = (min(lo, 0.0), hi)
+        layer.contrast_limits = (lo, hi)
+        if reshaped:
+            self.model.reset_view()
+        self.layer = layer
+
+    def show_snapshot(self, snap: Any, full_resolution: bool = False) -> None:
+        """Show ``snap`` now (synchronously, on the GUI thread); pending async uploads are dropped."""
+        self._generation += 1
+        self._apply(prepare_volume(snap, 0 if full_resolution else self.PREVIEW_MAX_SIDE))
 
     def screenshot(self) -> np.ndarray:
         """RGBA of the 3D canvas (as napari renders it)."""
         return np.asarray(self.qt_viewer.screenshot(flash=False))
 
     def close_viewer(self) -> None:
-        """Release napari's GL canvas and model (no leaked widgets)."""
+        """Release the worker, napari's GL canvas and model (no leaked widgets)."""
         self.timer.stop()
+        self._pool.shutdown(wait=True, cancel_futures=True)
         try:
             self.qt_viewer.close()
         except Exception:

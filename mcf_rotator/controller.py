@@ -25,6 +25,7 @@ import csv
 import enum
 import json
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -754,8 +755,23 @@ class RigController:
             "commanded_angle_deg": self._rotation.angle_deg if self._rotation is not None else None,
         }
 
-    def slm_image(self) -> np.ndarray | None:
-        return self.rig.slm.current_grey
+    def slm_image(self, max_side: int | None = None) -> np.ndarray | None:
+        """Grey levels on the SLM; with ``max_side``, every n-th pixel so no side exceeds it.
+
+        A display preview needs ~1/16 of the 1920x1080 pixels: an SLM that can make the
+        strided image directly (``grey_preview``, the simulated one converts phase to grey on
+        demand) is asked for it instead of converting every pixel.
+        """
+        slm = self.rig.slm
+        if max_side:
+            preview = getattr(slm, "grey_preview", None)
+            if preview is not None:
+                return preview(int(max_side))
+        grey = slm.current_grey
+        if grey is None or not max_side:
+            return grey
+        step = _stride_for(grey.shape, int(max_side))
+        return grey[::step, ::step] if step > 1 else grey
 
     def beam_image(self) -> np.ndarray | None:
         world = self.rig.world
@@ -768,6 +784,7 @@ class RigController:
         self._pipeline_stop.clear()
         self._camera_stop.clear()
         self._pause.clear()
+        self._cancel.clear()  # a cancel of an earlier run must not cancel this one
         self._run_done.clear()
         self._latest_result = None
         self._snapshot = None
@@ -1005,6 +1022,9 @@ class RigController:
                 return  # an error (or reset) got there first; it cleans up
             self._set_state(RigState.FINISHING)
         self._stop_rotation_and_camera()
+        # a cancel (e.g. shutdown() right after stop() when the window closes) that arrived
+        # while the camera stopped still skips the reconstruction: it is the next step boundary
+        cancelled = cancelled or self._cancel.is_set()
         run_dir = self._run_dir or self._new_run_dir()
         result = RunResult(run_dir=run_dir, recording=None)
         try:
@@ -1175,6 +1195,11 @@ class RigController:
             if summary is not None:
                 self._info(f"recording kept: {summary.frames_written} frame(s) in {summary.path}", "warning")
             self._run_done.set()
+
+
+def _stride_for(shape: tuple[int, ...], max_side: int) -> int:
+    """Smallest step so that ``shape[:2][::step]`` has no side above ``max_side``."""
+    return max(1, math.ceil(max(shape[:2]) / max(1, max_side)))
 
 
 def _describe(exc: BaseException) -> str:

@@ -8,6 +8,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import tifffile
 
@@ -89,7 +90,11 @@ def test_trapped_check_and_slm_shows_ellipse(tmp_path: Path) -> None:
     ctl.trap()
     try:
         assert ctl.rig.trap.enabled
-        assert ctl.slm_image() is not None
+        full = ctl.slm_image()
+        assert full is not None
+        # an SLM without its own preview is strided by the controller (the fake one is 4x4)
+        np.testing.assert_array_equal(ctl.slm_image(max_side=2), full[::2, ::2])
+        assert ctl.slm_image(max_side=480) is full
         assert ctl.wait_trapped(timeout_s=10)
         assert ctl.latest_frame() is not None
         assert ctl.beam_image() is not None

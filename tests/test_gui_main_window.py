@@ -152,7 +152,7 @@ class FakeController:
     def stats(self) -> dict[str, Any]:
         return {"fps": 100.0, "dropped": 3, "queue_depth": 1, "recorded": len(self._t), "coverage_deg": (self._a[-1] if self._a else 0.0)}
 
-    def slm_image(self) -> np.ndarray:
+    def slm_image(self, max_side: int | None = None) -> np.ndarray:
         return self._slm
 
     def beam_image(self) -> np.ndarray:
@@ -360,3 +360,19 @@ def test_trapped_indicator_follows_controller_stats(window_factory, qtbot):
     assert win.status_trapped.isVisibleTo(win) and win.status_trapped.text() == "no cell trapped"
     flag["trapped"] = True
     qtbot.waitUntil(lambda: win.status_trapped.text() == "cell trapped", timeout=3000)
+
+
+def test_heap_is_frozen_during_a_run_and_thawed_after(window_factory, qtbot):
+    import gc
+
+    win, ctrl = window_factory()
+    win.buttons["trap"].click()
+    qtbot.waitUntil(lambda: _state(win) == "TRAPPING", timeout=3000)
+    win.buttons["rotate"].click()
+    qtbot.waitUntil(lambda: _state(win) == "ROTATING", timeout=3000)
+    assert gc.get_freeze_count() > 0  # full gc passes skip the long-lived heap while acquiring
+    win.buttons["reconstruct"].click()
+    qtbot.waitUntil(lambda: _state(win) == "RECONSTRUCTING", timeout=3000)
+    win.buttons["stop"].click()
+    qtbot.waitUntil(lambda: _state(win) == "IDLE", timeout=3000)
+    assert gc.get_freeze_count() == 0  # the run's objects (reference cycles) can be collected again

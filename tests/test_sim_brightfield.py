@@ -138,3 +138,22 @@ def test_default_frame_renders(phantom: CellPhantom) -> None:
     assert scene.image.shape == (480, 640) and scene.image.dtype == np.uint8
     x0, y0, x1, y1 = scene.boxes[0]
     assert 120 < x1 - x0 < 150  # 12 um at 3.45/40 um/px = 139 px
+
+
+def test_body_support_comes_from_the_same_pass(phantom: CellPhantom) -> None:
+    pose = pose_matrix(61.0, 2.0, 0.5)
+    od, support = phantom.project_with_support(pose, SHAPE, PIX, (90.0, 130.0))
+    np.testing.assert_array_equal(od, phantom.project(pose, SHAPE, PIX, (90.0, 130.0)))
+    body = CellPhantom([p for p in phantom.parts if p.kind == "body"], phantom.radius_um, phantom.seed)
+    np.testing.assert_array_equal(support, body.project(pose, SHAPE, PIX, (90.0, 130.0)) > 0)
+    assert support.sum() > 1000 and not support[0, 0]
+
+
+def test_noise_is_reproducible_from_the_generator_only() -> None:
+    optics = BrightfieldOptics(pixel_um=PIX)
+    cell = CellInstance(CellPhantom.random(2, 12.0), pose_matrix(5.0), (100.0, 120.0))
+    f1 = render_scene(SHAPE, [cell], optics, np.random.default_rng(3)).image
+    f2 = render_scene(SHAPE, [cell], optics, np.random.default_rng(3)).image
+    f3 = render_scene(SHAPE, [cell], optics, np.random.default_rng(4)).image
+    np.testing.assert_array_equal(f1, f2)
+    assert not np.array_equal(f1, f3)

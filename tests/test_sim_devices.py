@@ -107,6 +107,10 @@ def test_camera_frames_follow_the_world(world: SimulatedWorld) -> None:
     assert trap.enabled and world.laser_enabled
     slm.show_phase(world.mapping.phases_to_slm(world.fibre.ellipse_phases(30.0)))
     assert slm.current_grey is not None and slm.current_grey.dtype == np.uint8
+    slm.show_phase(world.mapping.phases_to_slm(world.fibre.ellipse_phases(30.0)))
+    preview = slm.grey_preview(480)  # converted from the phase on the strided pixels only
+    np.testing.assert_array_equal(preview, slm.current_grey[::4, ::4])
+    np.testing.assert_array_equal(slm.grey_preview(480), preview)  # same from the cached grey
     cam.start_acquisition()
     frames = [cam.read_frame() for _ in range(45)]  # 0.75 s at 60 Hz
     assert [f.index for f in frames] == list(range(45))

@@ -159,14 +159,21 @@ def _cell_crop(
     return r0, r1, c0, c1
 
 
-def _body_silhouette(
+def _project_cell(
     cell: CellInstance, crop_shape: tuple[int, int], centre: tuple[float, float], optics: BrightfieldOptics
-) -> np.ndarray:
-    """Pixels where the cell body's projection (``kind == 'body'`` parts) is > 0, sampled
-    exactly like the image (same supersampling), so partially covered edge pixels count."""
-    body = [p for p in cell.phantom.parts if p.kind == "body"] or cell.phantom.parts[:1]
-    shell = CellPhantom(body, cell.phantom.radius_um, cell.phantom.seed)
-    return shell.project(cell.rotation, crop_shape, optics.pixel_um, centre, optics.supersample) > 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Optical depth of the cell on its crop, and its body silhouette from the same pass.
+
+    The silhouette is where the body's projection (``kind == 'body'`` parts; the first part if
+    none is marked) is > 0, sampled exactly like the image (same supersampling), so partially
+    covered edge pixels count.
+    """
+    phantom = cell.phantom
+    if any(p.kind == "body" for p in phantom.parts):
+        return phantom.project_with_support(cell.rotation, crop_shape, optics.pixel_um, centre, optics.supersample)
+    od = phantom.project(cell.rotation, crop_shape, optics.pixel_um, centre, optics.supersample)
+    shell = CellPhantom(phantom.parts[:1], phantom.radius_um, phantom.seed)
+    return od, shell.project(cell.rotation, crop_shape, optics.pixel_um, centre, optics.supersample) > 0
 
 
 def _add_debris(
@@ -227,7 +234,7 @@ def render_scene(
             continue
         r0, r1, c0, c1 = crop
         centre = (cell.centre_px[0] - r0, cell.centre_px[1] - c0)
-        cell_od = cell.phantom.project(cell.rotation, (r1 - r0, c1 - c0), optics.pixel_um, centre, optics.supersample)
+        cell_od, sil = _project_cell(cell, (r1 - r0, c1 - c0), centre, optics)
         if optics.absorption_scale != 1.0:
             cell_od = cell_od * np.float32(optics.absorption_scale)
         od[r0:r1, c0:c1] += cell_od
@@ -238,7 +245,6 @@ def render_scene(
             lap = cv2.Laplacian(cv2.GaussianBlur(cell_od, (0, 0), s), cv2.CV_32F)
             trans *= np.clip(1.0 + (optics.phase_halo * s * s / 0.05) * lap, 0.2, 3.0)
         intensity[r0:r1, c0:c1] *= trans
-        sil = _body_silhouette(cell, (r1 - r0, c1 - c0), centre, optics)
         if not sil.any():
             continue
         mask = np.zeros((h, w), bool)
@@ -254,7 +260,9 @@ def render_scene(
         var = intensity * np.float32(1.0 / optics.electrons_per_count)
         var += np.float32(optics.read_noise**2)
         np.maximum(var, 0, out=var)
-        intensity += np.sqrt(var) * rng.standard_normal((h, w), dtype=np.float32)
+        z = rng.standard_normal((h, w), dtype=np.float32)
+        z *= np.sqrt(var, out=var)
+        intensity += z
     np.rint(intensity, out=intensity)
     np.clip(intensity, 0, optics.max_count, out=intensity)
     return Scene(intensity.astype(optics.dtype), masks, boxes, od, index)

@@ -16,6 +16,7 @@ so they have no interpolation error and cost microseconds per primitive.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -148,35 +149,82 @@ class CellPhantom:
         at ``centre_px`` = (row, col), default the image centre. Each pixel is averaged over
         ``supersample``^2 rays.
         """
+        return self.project_with_support(rotation, shape, pixel_um, centre_px, supersample, kinds=())[0]
+
+    def project_with_support(
+        self,
+        rotation: np.ndarray,
+        shape: tuple[int, int],
+        pixel_um: float,
+        centre_px: tuple[float, float] | None = None,
+        supersample: int = 2,
+        kinds: tuple[str, ...] = ("body",),
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`project` plus, in the same pass, where the parts of ``kinds`` project > 0.
+
+        The support is exactly ``CellPhantom(those parts).project(...) > 0`` (e.g. the cell
+        body's silhouette for a ground-truth mask) without projecting those parts twice.
+        """
         h, w = shape
+        if not self.parts:
+            return np.zeros((h, w), np.float32), np.zeros((h, w), bool)
         cy, cx = centre_px if centre_px is not None else ((h - 1) / 2.0, (w - 1) / 2.0)
         out = np.zeros((h, w), np.float64)
+        support = np.zeros((h, w), np.float64) if kinds else None
         ss = max(1, int(supersample))
         offs = (np.arange(ss) + 0.5) / ss - 0.5
-        for part in self.parts:
-            c = rotation @ part.centre
-            q = rotation @ part.quadric() @ rotation.T
-            reach = float(np.max(part.semi_axes))
-            r0 = max(int(np.floor(cy + (c[1] - reach) / pixel_um)) - 1, 0)
-            r1 = min(int(np.ceil(cy + (c[1] + reach) / pixel_um)) + 2, h)
-            c0 = max(int(np.floor(cx + (c[0] - reach) / pixel_um)) - 1, 0)
-            c1 = min(int(np.ceil(cx + (c[0] + reach) / pixel_um)) + 2, w)
+        centres, forms, q22, half = (v.tolist() for v in self._posed_shadows(rotation))  # Python floats
+        offs_col = offs[:, None]
+        for part, c, (a, b, cxy), qzz, (hx, hy) in zip(self.parts, centres, forms, q22, half):
+            if part.mu == 0:
+                continue
+            r0 = max(math.floor(cy + (c[1] - hy) / pixel_um) - 1, 0)
+            r1 = min(math.ceil(cy + (c[1] + hy) / pixel_um) + 2, h)
+            c0 = max(math.floor(cx + (c[0] - hx) / pixel_um) - 1, 0)
+            c1 = min(math.ceil(cx + (c[0] + hx) / pixel_um) + 2, w)
             if r1 <= r0 or c1 <= c0:
                 continue
-            acc = np.zeros((r1 - r0, c1 - c0))
-            for oy in offs:
-                for ox in offs:
-                    ys = (np.arange(r0, r1) + oy - cy) * pixel_um - c[1]
-                    xs = (np.arange(c0, c1) + ox - cx) * pixel_um - c[0]
-                    dy, dx = np.meshgrid(ys, xs, indexing="ij")
-                    # ray p = (dx, dy, t) relative to the centre, solve p^T q p = 1 for t
-                    a = q[2, 2]
-                    b = 2 * (q[0, 2] * dx + q[1, 2] * dy)
-                    cc = q[0, 0] * dx * dx + q[1, 1] * dy * dy + 2 * q[0, 1] * dx * dy - 1.0
-                    disc = b * b - 4 * a * cc
-                    acc += np.where(disc > 0, np.sqrt(np.maximum(disc, 0)) / a, 0.0)
-            out[r0:r1, c0:c1] += part.mu * acc / (ss * ss)
-        return out.astype(np.float32)
+            # ray offsets from the part centre, sub-pixel samples on the leading axes:
+            # dy (ss, 1, rows, 1), dx (1, ss, 1, cols), so the pixel average adds whole planes
+            dy = ((offs_col + np.arange(r0, r1) - cy) * pixel_um - c[1])[:, None, :, None]
+            dx = ((offs_col + np.arange(c0, c1) - cx) * pixel_um - c[0])[None, :, None, :]
+            # chord length = 2 sqrt(q_zz - P(dx, dy)) / q_zz, P the shadow's quadratic form
+            t = (2.0 * cxy * dy) * dx
+            t += a * dx * dx
+            np.subtract(qzz - b * dy * dy, t, out=t)
+            np.maximum(t, 0.0, out=t)
+            np.sqrt(t, out=t)
+            od = (2.0 * part.mu / (qzz * ss * ss)) * t.sum(axis=(0, 1))
+            out[r0:r1, c0:c1] += od
+            if support is not None and part.kind in kinds:
+                support[r0:r1, c0:c1] += od
+        mask = support.astype(np.float32) > 0 if support is not None else np.zeros((h, w), bool)
+        return out.astype(np.float32), mask
+
+    def _posed_shadows(self, rotation: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Per part at pose ``rotation``: centre (P, 3), shadow form (A, B, C) (P, 3), q_zz (P,),
+        and the shadow's half extents (x, y) (P, 2), all parts in one batched computation.
+
+        For a ray (dx, dy) from the centre along z the chord of ``p^T Q p <= 1`` is
+        ``2 sqrt(q_zz - (A dx^2 + B dy^2 + 2 C dx dy)) / q_zz`` with ``A = q_zz q_xx - q_xz^2``,
+        ``B = q_zz q_yy - q_yz^2``, ``C = q_zz q_xy - q_xz q_yz``; the shadow reaches
+        ``sqrt((Q^-1)_ii)`` along x and y. Bounding each part by its exact shadow (instead of
+        its largest semi-axis) leaves the projection unchanged and skips empty pixels.
+        """
+        rot = np.asarray(rotation, float)
+        turned = rot @ np.stack([np.asarray(p.rotation, float) for p in self.parts])  # (P, 3, 3)
+        axes2 = np.stack([np.asarray(p.semi_axes, float) for p in self.parts]) ** 2
+        q = (turned / axes2[:, None, :]) @ turned.transpose(0, 2, 1)
+        cov = (turned * axes2[:, None, :]) @ turned.transpose(0, 2, 1)  # Q^-1
+        centres = np.stack([np.asarray(p.centre, float) for p in self.parts]) @ rot.T
+        qzz = q[:, 2, 2]
+        forms = np.stack([
+            qzz * q[:, 0, 0] - q[:, 0, 2] ** 2,
+            qzz * q[:, 1, 1] - q[:, 1, 2] ** 2,
+            qzz * q[:, 0, 1] - q[:, 0, 2] * q[:, 1, 2],
+        ], axis=1)
+        half = np.sqrt(np.stack([cov[:, 0, 0], cov[:, 1, 1]], axis=1))
+        return centres, forms, qzz, half
 
     def voxelize(self, size: int = 128, voxel_um: float | None = None, supersample: int = 2) -> np.ndarray:
         """Ground-truth attenuation volume (H, D, W) = (y, z, x), cell frame at angle 0.
