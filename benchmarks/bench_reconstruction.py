@@ -64,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
               f"cell spans {r['cell_span']:.2f} of the crop")
         if r["flags"]:
             print(f"  flags: {'; '.join(r['flags'])}")
+        pw = r.get("angle_stages", {}).get("periodic_warp")
+        if pw:
+            print(f"  180-deg-periodic warp removed: {pw['harmonics']} harmonics, amplitude {pw['amplitude_deg']:.2f} deg")
         for k, v in a.items():
             print(f"  angles {k:12s} mean |err| {v['mean_abs_deg']:.3f} deg  max {v['max_abs_deg']:.2f}  rms {v['rms_deg']:.3f}")
         ax = r["axis"]

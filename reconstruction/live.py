@@ -29,6 +29,7 @@ from mcf_rotator.reconstruction.refinement import (
     Refinement,
     match_projections,
     mirror_residual,
+    common_partners,
     moment_angles,
     periodic_warp,
     refine_angles,
@@ -48,6 +49,7 @@ def estimate_angles(
     per_frame: bool = True,
     match_iterations: int = 8,
     min_match: float = 0.85,
+    clear_gain: float = 0.02,
 ) -> tuple[np.ndarray, Refinement | None, dict[str, Any]]:
     """Angles of a finished sweep: track fit and mirror symmetry, alternated.
 
@@ -56,10 +58,11 @@ def estimate_angles(
     3. ``rounds`` x (joint orbit fit of all tracks started from the refined angles with the
     mirror tilt, then mirror refinement again; a round is kept only if it agrees better with the
     previous round's mirror pairs); 4. the 180 deg-periodic warp the mirror pairs cannot see,
-    from the rows' centroid orbits (:func:`periodic_warp`); 5. (``per_frame``) every frame's own angle, with
-    no smoothness prior (a trapped cell turns in bursts and pauses): the Helgason-Ludwig moment
+    from the rows' centroid orbits (:func:`periodic_warp`); 5. (``per_frame``) every frame's own
+    angle, with no smoothness prior (a trapped cell turns in bursts and pauses): the moment
     fit of all rows (:func:`moment_angles`), then projection matching against the volume
-    (:func:`match_projections`). Sweeps under 180 deg skip the mirror and per-frame steps.
+    (:func:`match_projections`), from the first and the last round's angles; kept only where
+    they match the projections better. Sweeps under 180 deg skip the mirror and per-frame steps.
     ``projections`` (T, H, W) line integrals of the same frames the tracker saw.
     Returns (angles deg, last refinement or None, info).
     """
@@ -81,23 +84,29 @@ def estimate_angles(
         ang = ref.angles_deg
     except ReconstructionError as exc:
         info["flags"].append(f"mirror refinement skipped: {exc}")
+    starts = [(ang, ref)]  # every round's mirror-refined angles and geometry: per-frame starts
+    cur_ref, cur = ref, ang
     for _ in range(rounds):
-        fit = tracker.solve(tilt_deg=ref.tilt_deg if ref else None, init_deg=ang)
-        if ref is None:
+        fit = tracker.solve(tilt_deg=cur_ref.tilt_deg if cur_ref else None, init_deg=cur)
+        if cur_ref is None:
             ang = fit
             break
         try:
-            nref = refine_angles(projections, fit, offset0=ref.axis_offset_px, tilt0=ref.tilt_deg, smooth=smooth)
+            nref = refine_angles(projections, fit, offset0=cur_ref.axis_offset_px, tilt0=cur_ref.tilt_deg,
+                                 smooth=smooth)
         except ReconstructionError as exc:
             # the fit lost the mirror partners: keep the last refined angles, not the fit
             info["flags"].append(f"mirror refinement failed on the fitted angles: {exc}")
             break
-        # a round is kept only if its angles agree better with the previous round's mirror pairs
-        # (found from the images): short optical-flow tracks can pull the fit off
-        if mirror_residual(nref.angles_deg, ref.anchors) >= mirror_residual(ang, ref.anchors):
-            info["flags"].append("orbit-fit round did not improve the mirror pairs; kept the previous angles")
-            break
-        ref, ang = nref, nref.angles_deg
+        starts.append((nref.angles_deg, nref))
+        # a round's angles replace the kept ones only if they agree better with the kept
+        # refinement's mirror pairs (found from the images): short optical-flow tracks can pull
+        # the fit off. The rounds go on from the latest fit either way (per-frame starts).
+        if mirror_residual(nref.angles_deg, ref.anchors) < mirror_residual(ang, ref.anchors):
+            ref, ang = nref, nref.angles_deg
+        elif "orbit-fit round did not improve the mirror pairs" not in info["flags"]:
+            info["flags"].append("orbit-fit round did not improve the mirror pairs")
+        cur_ref, cur = nref, nref.angles_deg
     if ref is not None:
         # the 180 deg-periodic warp that the mirror pairs cannot see, from the rows' centroids
         try:
@@ -109,21 +118,35 @@ def estimate_angles(
         # kept only if the projections agree better with their volume (median leave-half-out
         # NCC, and at least ``min_match``: below it the match is noise-dominated and the per-frame
         # angles wander) and the mirror pairs, measured from the images alone, agree better
-        # too: a guard against a search that locked on wrong minima
+        # too or the match gains clearly (``clear_gain``): a guard against a search that locked
+        # on wrong minima
         off, tilt = ref.axis_offset_px, ref.tilt_deg
         base = float(np.median(match_projections(projections, ang, off, tilt, iterations=0)[1]["scores"]))
         # coarse (low order, wide search: the start may be off by tens of degrees where the
-        # tracks failed) then fine
-        cand = moment_angles(projections, ang, off, tilt, order=3, search_deg=25.0, step_deg=0.25)
-        cand = moment_angles(projections, cand, off, tilt, order=4, search_deg=8.0)
-        if match_iterations > 0:
-            cand = match_projections(projections, cand, off, tilt, iterations=match_iterations)[0]
-        score = float(np.median(match_projections(projections, cand, off, tilt, iterations=0)[1]["scores"]))
-        m0, m1 = mirror_residual(ang, ref.anchors), mirror_residual(cand, ref.anchors)
+        # tracks failed) then fine, from the first and the last mirror-refined angles (the search
+        # ends in different minima from different starts); the best match wins
+        best: tuple[float, np.ndarray, Refinement] | None = None
+        for start, sref in (starts[0], starts[-1]) if len(starts) > 1 else (starts[0],):
+            so, st = sref.axis_offset_px, sref.tilt_deg
+            c = moment_angles(projections, start, so, st, order=3, search_deg=25.0, step_deg=0.25)
+            c = moment_angles(projections, c, so, st, order=4, search_deg=8.0)
+            if match_iterations > 0:
+                c = match_projections(projections, c, so, st, iterations=match_iterations)[0]
+            sc = float(np.median(match_projections(projections, c, so, st, iterations=0)[1]["scores"]))
+            if best is None or sc > best[0]:
+                best = (sc, c, sref)
+        assert best is not None
+        score, cand, cref = best
+        # mirror pairs searched widely around both sets (the refinement's own pairs favour its
+        # angles, and where it went wrong they are wrong too)
+        pairs = common_partners(projections, [ang, cand], off, tilt)
+        m0, m1 = mirror_residual(ang, pairs), mirror_residual(cand, pairs)
         info["per_frame"] = {"match_before": base, "match_after": score, "mirror_before_deg": m0,
                              "mirror_after_deg": m1}
-        if score > max(base, min_match) and m1 < m0:
-            ang = cand
+        # a clear gain in the match (signal-dominated there) overrides the mirror check, which
+        # only holds as far as the imaging keeps the 180 deg mirror symmetry
+        if score > max(base, min_match) and (m1 < m0 or score > base + clear_gain):
+            ang, ref = cand, cref
         else:
             info["flags"].append(f"per-frame angles rejected (match {score:.4f} vs {base:.4f}, "
                                  f"mirror pairs {m1:.2f} vs {m0:.2f} deg)")

@@ -17,6 +17,11 @@ Steps (all on band-passed optical-depth crops, so the match is sharp):
    least squares with a smoothness penalty) that satisfies all ``+180`` constraints. Errors that
    repeat every 180 deg are invisible to the symmetry; the penalty leaves them to the tracker.
 
+The 180 deg-periodic part of the error (a warp ``w`` with ``w(theta + 180) = w(theta)``, which
+turns every mirror pair by the same amount: a stretched volume) is taken out by
+:func:`periodic_warp`: every row's centroid must run on a pure sinusoid of the true angle
+(first Helgason-Ludwig moment), and a few harmonics of ``2 theta`` are fitted to make it so.
+
 Per-frame angles (no smoothness prior; the rig's cell stalls and bursts):
 :func:`moment_angles` (Helgason-Ludwig consistency of every row's projection moments) and
 :func:`match_projections` (each frame against reprojections of the volume of the other frames).
@@ -33,7 +38,8 @@ import numpy as np
 from mcf_rotator.errors import ReconstructionError
 
 __all__ = ["Refinement", "bandpass", "mirror_image", "find_partners", "estimate_axis", "warp_angles", "refine_angles",
-           "mirror_residual", "moment_angles", "match_projections"]
+           "mirror_residual", "moment_angles", "match_projections", "row_centroids", "periodic_warp",
+           "common_partners"]
 
 
 @dataclass
@@ -93,13 +99,15 @@ def _subframe(scores: np.ndarray, k: int) -> float:
 
 def find_partners(
     bp: np.ndarray, angles_deg: np.ndarray, offset_px: float, tilt_deg: float, search_deg: float = 12.0,
-    step: int = 1,
+    step: int = 1, period_deg: float = 180.0,
 ) -> np.ndarray:
     """(frame, partner frame (fractional), NCC) rows for frames that have a +180 deg partner.
 
     ``bp`` band-passed projections (T, H, W); ``angles_deg`` tracked angles (monotone, any sign).
     Candidates lie within ``search_deg`` of the tracked ``theta(t) + 180``; a match at the edge
-    of the search window is rejected (the true one may lie outside).
+    of the search window is rejected (the true one may lie outside). ``period_deg=360`` finds
+    the same view one turn later instead (no mirroring): on sweeps over 360 deg these pairs also
+    reach the last frames, which have no +180 partner of their own.
     """
     a = np.asarray(angles_deg, np.float64)
     sgn = 1.0 if a[-1] >= a[0] else -1.0
@@ -107,14 +115,15 @@ def find_partners(
     flat = _normalise(bp)
     rows = []
     for t in range(0, len(s), step):
-        target = s[t] + 180.0
-        if target > s[-1] - 0.5 * search_deg:
+        target = s[t] + period_deg
+        if target > s[-1] - 0.1 * search_deg:  # a peak inside the window is still required
             break
         near = np.flatnonzero(np.abs(s - target) <= search_deg)
         if near.size < 3:
             continue
         cand = np.arange(near[0], near[-1] + 1)  # contiguous even where noisy angles step back
-        m = _normalise(mirror_image(bp[t], offset_px, tilt_deg)[None])[0]
+        view = bp[t] if np.isclose(np.mod(period_deg, 360.0), 0.0) else mirror_image(bp[t], offset_px, tilt_deg)
+        m = _normalise(view[None])[0]
         sc = flat[cand] @ m
         k = int(np.argmax(sc))
         if k == 0 or k == cand.size - 1:
@@ -175,7 +184,8 @@ def warp_angles(angles_deg: np.ndarray, pairs: np.ndarray, knot_every: int = 8, 
     """Tracked angles corrected by a smooth piecewise-linear warp so partners are 180 deg apart.
 
     Unknowns: the correction ``e`` at knots every ``knot_every`` frames (``e(0) = 0``);
-    constraints ``e(t') - e(t) = 180 - (theta(t') - theta(t))`` for every pair, and a penalty
+    constraints ``e(t') - e(t) = 180 - (theta(t') - theta(t))`` for every pair (a fourth column
+    of ``pairs``, where given, holds that pair's own period: 360 for full-turn pairs), and a penalty
     ``smooth * (e_{k+1} - 2 e_k + e_{k-1})`` on the correction's curvature (trust the tracked
     increments locally; beyond the last pair the corrected rate carries on).
     """
@@ -200,7 +210,8 @@ def warp_angles(angles_deg: np.ndarray, pairs: np.ndarray, knot_every: int = 8, 
     if len(pairs):
         t, tp = pairs[:, 0], pairs[:, 1]
         rows = basis(tp) - basis(t)
-        rhs = period_deg - (np.interp(tp, frames, s) - np.interp(t, frames, s))
+        per = pairs[:, 3] if pairs.shape[1] > 3 else np.full(len(pairs), period_deg)
+        rhs = per - (np.interp(tp, frames, s) - np.interp(t, frames, s))
         wts = np.clip(pairs[:, 2], 0.05, 1.0) if pairs.shape[1] > 2 else np.ones(len(pairs))
         rows, rhs = rows * wts[:, None], rhs * wts
     else:
@@ -295,7 +306,13 @@ def refine_angles(
         pairs = find_partners(bp, cur, off, tilt, window_deg)
         if len(pairs) < 3:
             raise ReconstructionError("too few mirror partners found after the axis fit")
-        cur = smooth_angles(warp_angles(a, pairs), smooth)
+        both = pairs
+        if it == iterations - 1 and abs(cur[-1] - cur[0]) > 360.0 + window_deg:
+            # full-turn pairs reach the frames after the last mirror partner
+            turn = find_partners(bp, cur, off, tilt, window_deg, period_deg=360.0)
+            if len(turn):
+                both = np.vstack([np.c_[pairs, np.full(len(pairs), 180.0)], np.c_[turn, np.full(len(turn), 360.0)]])
+        cur = smooth_angles(warp_angles(a, both), smooth)
     err = float(np.median(1.0 - pairs[:, 2]))
     scale = float((cur[-1] - cur[0]) / (a[-1] - a[0])) if a[-1] != a[0] else 1.0
     anchors = [(float(t), float(tp)) for t, tp, _ in pairs]
@@ -315,6 +332,24 @@ def mirror_residual(angles_deg: np.ndarray, anchors: list[tuple[float, float]]) 
     sgn = 1.0 if a[-1] >= a[0] else -1.0
     d = np.interp(an[:, 1], np.arange(a.size), a) - np.interp(an[:, 0], np.arange(a.size), a)
     return float(np.mean(np.abs(sgn * d - 180.0)))
+
+
+def common_partners(projections: np.ndarray, angle_sets: list[np.ndarray], offset_px: float, tilt_deg: float,
+                    search_deg: float = 30.0) -> list[tuple[float, float]]:
+    """Mirror pairs that judge competing angle sets fairly: per frame, the best partner found
+    within ``search_deg`` of any set's prediction.
+
+    Why: pairs found around one set's angles favour that set (a search that starts wrong can
+    lock on a wrong partner and then agree with itself); the best normalised correlation over
+    the union of the wide windows does not depend on which set is right.
+    """
+    bp = bandpass(np.asarray(projections, np.float32))
+    best: dict[int, tuple[float, float]] = {}
+    for a in angle_sets:
+        for t, tp, ncc in find_partners(bp, a, offset_px, tilt_deg, search_deg):
+            if int(t) not in best or ncc > best[int(t)][1]:
+                best[int(t)] = (float(tp), float(ncc))
+    return [(float(t), tp) for t, (tp, _) in sorted(best.items())]
 
 
 # --------------------------------------------------------------------------- projection matching
@@ -406,6 +441,7 @@ def match_projections(
                 else:
                     new[t] = cand[j]
         if iterations > 0:
+            info["matched"] = new.copy()  # before the gauge shift (frame 0 to its old angle)
             a = new - new[0] + a0
     info["scores"] = score
     return a, info
@@ -497,3 +533,114 @@ def moment_angles(
             break
         th = new
     return a[0] + np.rad2deg(th - th[0])
+
+
+# --------------------------------------------------------------------------- periodic warp
+def row_centroids(projections: np.ndarray, axis_offset_px: float = 0.0, tilt_deg: float = 0.0,
+                  min_mass: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
+    """Centroid column (about the axis) of every cell row in every frame, and its noise.
+
+    Why: the first moment of a parallel projection row divided by its (constant) mass runs on
+    ``c + a cos(theta) + b sin(theta)`` exactly, whatever the cell looks like, and needs no
+    tracking. Rows holding under ``min_mass`` of the heaviest row's mass are left out; columns
+    beyond the cell's extent too (they add only noise). Returns (centroids (T, R), per-row
+    noise (R,) from the second differences over frames, robust to a few outliers).
+    """
+    from mcf_rotator.reconstruction.fbp import undo_tilt
+
+    p = np.asarray(projections, np.float32)
+    if p.ndim != 3 or len(p) < 5:
+        raise ReconstructionError(f"need a (T >= 5, H, W) projection stack, got shape {p.shape}")
+    w = p.shape[2]
+    axis_col = (w - 1) / 2.0 + axis_offset_px
+    pt = undo_tilt(p, tilt_deg, axis_col).astype(np.float64)
+    # the whole width the cell ever covers (a window that clips the cell at some angles
+    # bends the orbits), judged on the mean profile over the sweep (background: zero mean)
+    prof = pt.mean(axis=(0, 1))
+    cols = np.flatnonzero(prof > 0.02 * max(float(prof.max()), 1e-12))
+    s = np.arange(w) - axis_col
+    half = (max(abs(cols[0] - axis_col), abs(cols[-1] - axis_col)) if cols.size else w / 2.0) + 3.0
+    cm = np.abs(s) <= half
+    sub = pt[:, :, cm]
+    m0 = sub.sum(axis=2)
+    mean_mass = m0.mean(axis=0)
+    rows = mean_mass > min_mass * max(float(mean_mass.max()), 1e-12)
+    if rows.sum() < 3:
+        raise ReconstructionError("fewer than 3 rows carry the cell; no row centroids")
+    cen = (sub[:, rows] @ s[cm]) / np.where(np.abs(m0[:, rows]) > 1e-9, m0[:, rows], 1e-9)
+    d2 = np.diff(cen, 2, axis=0)
+    sig = np.median(np.abs(d2 - np.median(d2, axis=0)), axis=0) / (0.6745 * np.sqrt(6.0))
+    return cen, np.maximum(sig, 1e-6)
+
+
+def _orbit_chi2(cen: np.ndarray, sig: np.ndarray, th: np.ndarray) -> np.ndarray:
+    """Noise-weighted residuals of per-row ``c + a cos + b sin`` least-squares fits (T * R,).
+
+    No shift per frame shared by all rows: it would also soak up the cell's own centroid orbit,
+    and with it most of what shows the warp (tried: the warp then goes undetected).
+    """
+    d = np.stack([np.ones_like(th), np.cos(th), np.sin(th)], 1)
+    coef, *_ = np.linalg.lstsq(d, cen, rcond=None)
+    return ((cen - d @ coef) / sig).ravel()
+
+
+def periodic_warp(
+    projections: np.ndarray,
+    angles_deg: np.ndarray,
+    axis_offset_px: float = 0.0,
+    tilt_deg: float = 0.0,
+    max_harmonics: int = 6,
+    penalty: float = 6.0,
+) -> tuple[np.ndarray, dict]:
+    """Remove the 180 deg-periodic angle warp that the mirror symmetry cannot see.
+
+    Why: any warp with ``w(theta + 180) = w(theta)`` keeps every mirror pair 180 deg apart
+    (it reconstructs a stretched cell), and optical-flow tracks are too short to fix it. Every
+    row's centroid is a pure sinusoid of the true angle (:func:`row_centroids`): the warp
+    ``sum_j a_j cos(2 j theta) + b_j sin(2 j theta)`` (j = 1..J) that makes all rows' centroid
+    series most sinusoidal is fitted by nonlinear least squares (the per-row orbits solved
+    linearly inside). ``J`` runs 0..``max_harmonics`` and is chosen by the noise-weighted
+    residual plus ``penalty`` per parameter: a harmonic pair must lower the chi-square by 12
+    (``p ~ 0.25 %`` for pure noise; the per-row noise is itself estimated), so a warp is applied
+    only where the rows really show one. A nearly round, centred cell has small centroid orbits
+    and shows only large warps. Frame 0 keeps its angle. Returns (angles deg, info: harmonics,
+    amplitude, chi2 per J).
+    """
+    from scipy.optimize import least_squares
+
+    a = np.asarray(angles_deg, np.float64)
+    if a.size != len(projections):
+        raise ReconstructionError(f"{a.size} angles for {len(projections)} projections")
+    cen, sig = row_centroids(projections, axis_offset_px, tilt_deg)
+    th0 = np.deg2rad(a - a[0])
+    pen = float(penalty)
+
+    def warped(x: np.ndarray) -> np.ndarray:
+        j = np.arange(1, x.size // 2 + 1)[:, None]
+        return th0 + x[0::2] @ np.cos(2 * j * th0) + x[1::2] @ np.sin(2 * j * th0)
+
+    def folds(x: np.ndarray) -> bool:
+        """The warp would turn the cell backwards (d warped / d theta under 0.2)."""
+        j = np.arange(1, x.size // 2 + 1)[:, None]
+        grid = np.linspace(0.0, np.pi, 181)
+        slope = 1.0 + (2 * j[:, 0] * x[1::2]) @ np.cos(2 * j * grid) - (2 * j[:, 0] * x[0::2]) @ np.sin(2 * j * grid)
+        return bool(np.min(slope) < 0.2)
+
+    def resid(x: np.ndarray) -> np.ndarray:
+        return _orbit_chi2(cen, sig, warped(x))
+
+    best_x = np.zeros(0)
+    chi = [float(np.sum(resid(best_x) ** 2))]
+    best = chi[0]
+    x0 = np.zeros(0)
+    for j in range(1, max(int(max_harmonics), 0) + 1):
+        x0 = np.concatenate([x0, [0.0, 0.0]])
+        sol = least_squares(resid, x0, method="lm", x_scale=0.01)
+        x0 = sol.x
+        chi.append(float(np.sum(sol.fun**2)))
+        if chi[-1] + pen * 2 * j < best and not folds(sol.x):
+            best, best_x = chi[-1] + pen * 2 * j, sol.x
+    th = warped(best_x)
+    out = a[0] + np.rad2deg(th - th[0])
+    amp = float(np.rad2deg(np.max(np.abs(th - th0 - np.mean(th - th0))))) if best_x.size else 0.0
+    return out, {"harmonics": int(best_x.size // 2), "amplitude_deg": amp, "chi2": chi, "n_obs": int(cen.size)}

@@ -12,12 +12,17 @@ import pytest
 
 from mcf_rotator.errors import ReconstructionError
 from mcf_rotator.reconstruction.refinement import (
+    bandpass,
     centroid_axis,
+    common_partners,
+    find_partners,
     match_projections,
     mirror_image,
     mirror_residual,
     moment_angles,
+    periodic_warp,
     refine_angles,
+    row_centroids,
     smooth_angles,
     warp_angles,
 )
@@ -146,3 +151,56 @@ def test_mirror_residual_measures_pairs():
     assert mirror_residual(-ang, pairs) < 1e-9  # either direction
     assert mirror_residual(ang * 1.02, pairs) == pytest.approx(3.6, abs=0.01)
     assert np.isnan(mirror_residual(ang, []))
+
+
+def test_periodic_warp_removes_the_mirror_invisible_warp(sweep):
+    ang, proj = sweep
+    # a warp repeating every 180 deg keeps every mirror pair exactly 180 deg apart
+    th = np.deg2rad(ang)
+    warped = ang + 3.0 * np.cos(2 * th + 0.7) - 3.0 * np.cos(0.7)
+    assert np.abs(warped - ang).mean() > 1.5
+    fixed, info = periodic_warp(proj, warped, 2.0, 1.0)
+    assert info["harmonics"] >= 1 and info["amplitude_deg"] > 1.5
+    assert np.abs(fixed - ang).mean() < 0.4 * np.abs(warped - ang).mean(), np.abs(fixed - ang).mean()
+    assert fixed[0] == warped[0]
+    # true angles are left alone: no warp is significant
+    same, info0 = periodic_warp(proj, ang, 2.0, 1.0)
+    assert info0["harmonics"] == 0
+    np.testing.assert_allclose(same, ang)
+
+
+def test_row_centroids_run_on_sinusoids(sweep):
+    ang, proj = sweep
+    cen, sig = row_centroids(proj, 2.0, 1.0)
+    assert cen.shape[0] == ang.size and cen.shape[1] >= 10 and np.all(sig > 0)
+    th = np.deg2rad(ang)
+    d = np.stack([np.ones_like(th), np.cos(th), np.sin(th)], 1)
+    coef, *_ = np.linalg.lstsq(d, cen, rcond=None)
+    assert np.sqrt(np.mean((cen - d @ coef) ** 2)) < 2.0 * np.median(sig)
+    with pytest.raises(ReconstructionError, match="projection stack"):
+        row_centroids(proj[0])
+    with pytest.raises(ReconstructionError, match="angles"):
+        periodic_warp(proj, ang[:-1])
+
+
+def test_full_turn_partners_and_their_warp(sweep):
+    ang, proj = sweep
+    assert ang[-1] > 370
+    pairs = find_partners(bandpass(proj), ang, 2.0, 1.0, 12.0, period_deg=360.0)
+    assert len(pairs) > 5
+    turned = np.interp(pairs[:, 1], np.arange(ang.size), ang) - ang[pairs[:, 0].astype(int)]
+    assert np.abs(turned - 360.0).max() < 1.5
+    # full-turn pairs alone (own period in the 4th column) restore the scale too
+    out = warp_angles(0.95 * ang, np.c_[pairs, np.full(len(pairs), 360.0)])
+    assert abs(out[-1] - ang[-1]) < 3.0 < abs(0.95 * ang[-1] - ang[-1])
+
+
+def test_common_partners_judge_competing_angles_fairly(sweep):
+    ang, proj = sweep
+    # a set that went wrong (a 6 % undercount): pairs searched around it alone would agree with it
+    wrong = 0.94 * ang
+    pairs = common_partners(proj, [wrong, ang], 2.0, 1.0)
+    assert len(pairs) > 50
+    assert mirror_residual(ang, pairs) < 0.5 < 5.0 < mirror_residual(wrong, pairs)
+    # the order of the sets does not matter
+    assert common_partners(proj, [ang, wrong], 2.0, 1.0) == pairs
