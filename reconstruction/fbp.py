@@ -187,6 +187,19 @@ def circle_grid(size: int, circle: bool = True) -> tuple[np.ndarray, np.ndarray,
     return pixels, x[pixels].astype(np.float32), z[pixels].astype(np.float32)
 
 
+def detector_positions(x: np.ndarray, z: np.ndarray, angles_deg: np.ndarray, n_cols: int,
+                       axis_offset_px: float = 0.0) -> np.ndarray:
+    """float32 (pixels, views) detector column ``u = x cos + z sin + axis_col`` of every pixel.
+
+    The one geometry both back-projection operators (sparse matrix and torch taps) interpolate at.
+    """
+    t = np.deg2rad(np.asarray(angles_deg, np.float64))
+    u = np.multiply.outer(np.asarray(x, np.float32), np.cos(t).astype(np.float32))
+    u += np.multiply.outer(np.asarray(z, np.float32), np.sin(t).astype(np.float32))
+    u += np.float32((n_cols - 1) / 2.0 + axis_offset_px)
+    return u
+
+
 def _fold_edges(data: np.ndarray, i0: np.ndarray, ncol: int) -> None:
     """Make every (i0, i0 + 1) pair a valid column pair, in place, keeping the weights right.
 
@@ -237,10 +250,7 @@ class BackProjector:
     def _build(self, w: np.ndarray) -> sp.csr_matrix:
         n, ncol, nv = self.size, self.n_cols, self.angles_deg.size
         self.pixels, x32, z32 = circle_grid(n, self.circle)  # volume (D, W) plane = (z, x)
-        t = np.deg2rad(self.angles_deg)
-        u = np.multiply.outer(x32, np.cos(t).astype(np.float32))
-        u += np.multiply.outer(z32, np.sin(t).astype(np.float32))
-        u += np.float32((ncol - 1) / 2.0 + self.axis_offset_px)
+        u = detector_positions(x32, z32, self.angles_deg, ncol, self.axis_offset_px)
         i0f = np.floor(u)
         f = u - i0f  # fractional part, float32
         i0 = i0f.astype(np.int32)
@@ -335,10 +345,7 @@ class BackProjectionPlan:
         """Taps for ``angles_deg``, a detector ``n_cols`` wide and a ``size`` x ``size`` grid."""
         a = np.asarray(angles_deg, np.float64)
         pixels, x, z = circle_grid(size, circle)
-        t = np.deg2rad(a)
-        u = np.multiply.outer(x, np.cos(t).astype(np.float32))
-        u += np.multiply.outer(z, np.sin(t).astype(np.float32))
-        u += np.float32((n_cols - 1) / 2.0 + axis_offset_px)
+        u = detector_positions(x, z, a, n_cols, axis_offset_px)
         np.clip(u, -1.0, float(n_cols), out=u)
         i0f = np.floor(u)
         weights = np.empty(u.shape + (2,), np.float32)

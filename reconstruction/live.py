@@ -28,6 +28,7 @@ from mcf_rotator.reconstruction.incremental import IncrementalReconstructor, Vol
 from mcf_rotator.reconstruction.refinement import (
     Refinement,
     match_projections,
+    match_score,
     mirror_residual,
     common_partners,
     moment_angles,
@@ -121,7 +122,7 @@ def estimate_angles(
         # too or the match gains clearly (``clear_gain``): a guard against a search that locked
         # on wrong minima
         off, tilt = ref.axis_offset_px, ref.tilt_deg
-        base = float(np.median(match_projections(projections, ang, off, tilt, iterations=0)[1]["scores"]))
+        base = match_score(projections, ang, off, tilt)
         # coarse (low order, wide search: the start may be off by tens of degrees where the
         # tracks failed) then fine, from the first and the last mirror-refined angles (the search
         # ends in different minima from different starts); the best match wins
@@ -132,7 +133,7 @@ def estimate_angles(
             c = moment_angles(projections, c, so, st, order=4, search_deg=8.0)
             if match_iterations > 0:
                 c = match_projections(projections, c, so, st, iterations=match_iterations)[0]
-            sc = float(np.median(match_projections(projections, c, so, st, iterations=0)[1]["scores"]))
+            sc = match_score(projections, c, so, st)
             if best is None or sc > best[0]:
                 best = (sc, c, sref)
         assert best is not None

@@ -406,8 +406,8 @@ def match_projections(
     sub_m = np.stack([prep(s) for s in sub])
     ncol = sub.shape[2]
     grid = np.arange(0.0, 360.0, step_deg)
-    fwd = BackProjector(grid, ncol, ncol, off, np.full(grid.size, 2.0), circle=True).matrix.T.tocsr()
-    _, keep = _circle_pixels(ncol)
+    op = BackProjector(grid, ncol, ncol, off, np.full(grid.size, 2.0), circle=True)
+    fwd, keep = op.matrix.T.tocsr(), op.pixels  # forward projector of the in-circle pixels
     halves = [np.arange(0, n, 2), np.arange(1, n, 2)]
     info: dict = {"scores": None, "crop": (int(r0), int(r1), int(c0), int(c1))}
     score = np.zeros(n)
@@ -447,12 +447,12 @@ def match_projections(
     return a, info
 
 
-def _circle_pixels(size: int) -> tuple[np.ndarray, np.ndarray]:
-    c = (size - 1) / 2.0
-    ax = np.arange(size) - c
-    z, x = np.meshgrid(ax, ax, indexing="ij")
-    keep = np.flatnonzero(np.hypot(x, z).ravel() <= c + 0.5)
-    return ax, keep
+def match_score(projections: np.ndarray, angles_deg: np.ndarray, axis_offset_px: float = 0.0,
+                tilt_deg: float = 0.0) -> float:
+    """Median leave-half-out match (NCC) of the projections with their volume at these angles:
+    the yardstick for choosing between angle sets (no search, :func:`match_projections`)."""
+    return float(np.median(match_projections(projections, angles_deg, axis_offset_px, tilt_deg,
+                                             iterations=0)[1]["scores"]))
 
 
 def _cell_extent(p: np.ndarray, axis_col: float) -> tuple[int, int, float]:
@@ -579,7 +579,7 @@ def _orbit_chi2(cen: np.ndarray, sig: np.ndarray, th: np.ndarray) -> np.ndarray:
     No shift per frame shared by all rows: it would also soak up the cell's own centroid orbit,
     and with it most of what shows the warp (tried: the warp then goes undetected).
     """
-    d = np.stack([np.ones_like(th), np.cos(th), np.sin(th)], 1)
+    d = _trig_design(th, 1)
     coef, *_ = np.linalg.lstsq(d, cen, rcond=None)
     return ((cen - d @ coef) / sig).ravel()
 
