@@ -105,10 +105,6 @@ class OrthoSlices(QWidget):
         lay.addWidget(self.canvas)
         self._shape: tuple[Any, ...] | None = None
 
-    def set_volume(self, volume: np.ndarray, levels: tuple[float, float]) -> None:
-        h, d, w = volume.shape
-        self.set_slices((volume[h // 2], volume[:, d // 2, :], volume[:, :, w // 2]), levels)
-
     def set_slices(self, slices: tuple[np.ndarray, ...], levels: tuple[float, float]) -> None:
         """Show the three (already extracted) central slices with fixed levels."""
         for item, sl in zip(self.items, slices):
