@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 WEIGHTS_NAME = "cell_yolo_seg.pt"
 DEFAULT_MODEL_YAML = "yolo11n-seg.yaml"
-DEFAULT_IMGSZ = 192  # the shipped weights were trained at this input size
+DEFAULT_IMGSZ = 320  # the shipped weights were trained at this input size
 
 
 def default_weights_path() -> Path:

@@ -144,3 +144,18 @@ def test_hard_share_draws_frames_from_the_tough_tails() -> None:
     assert np.median([_noise_level(s.image) for s in hard]) > 1.3 * np.median([_noise_level(s.image) for s in easy])
     with pytest.raises(ValueError, match="hard_share"):
         next(generate_samples(1, seed=0, hard_share=1.5))
+
+
+def test_parallel_writing_gives_the_same_dataset(tmp_path, monkeypatch) -> None:
+    import mcf_rotator.reconstruction.yolo_dataset as ds
+
+    monkeypatch.setattr(ds, "BLOCK", 2)  # 5 train frames -> 3 blocks with their own seeds
+    serial = write_yolo_dataset(tmp_path / "a", n_train=5, n_val=1, seed=2, shape=(96, 128))
+    parallel = write_yolo_dataset(tmp_path / "b", n_train=5, n_val=1, seed=2, shape=(96, 128), processes=2)
+    files = sorted(p.relative_to(serial.parent) for p in serial.parent.rglob("*.*") if p.suffix in (".png", ".txt"))
+    assert len(files) == 12
+    for rel in files:
+        assert (parallel.parent / rel).read_bytes() == (serial.parent / rel).read_bytes(), rel
+    # blocks draw from different seeds: frame 2 (block 1) is not frame 0 (block 0) again
+    imgs = sorted((serial.parent / "images" / "train").glob("*.png"))
+    assert imgs[0].read_bytes() != imgs[2].read_bytes()

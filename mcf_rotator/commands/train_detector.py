@@ -9,6 +9,7 @@ yaml. Nothing is downloaded. Run folders go to ``--runs`` (a temp folder by defa
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 from pathlib import Path
 
@@ -38,6 +39,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for --generate and training")
     p.add_argument("--hard-share", type=float, default=0.5, metavar="F",
                    help="share of --generate frames drawn from the tough end of every range (default 0.5)")
+    p.add_argument("--jobs", type=int, default=min(8, os.cpu_count() or 1), metavar="N",
+                   help="processes rendering --generate frames (default: CPU count, at most 8)")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="data-loading processes during training (default 1; 8-16 on a GPU machine)")
     p.set_defaults(func=run)
 
 
@@ -48,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
     from mcf_rotator.reconstruction.yolo import DEFAULT_IMGSZ, train_detector
     from mcf_rotator.reconstruction.yolo_dataset import write_yolo_dataset
 
+    if args.jobs < 1 or args.workers < 0:
+        raise InputFileError("--jobs must be at least 1 and --workers at least 0")
     if args.epochs < 1:
         raise InputFileError("--epochs must be at least 1")
     if not 0.0 <= args.hard_share <= 1.0:
@@ -55,7 +62,9 @@ def run(args: argparse.Namespace) -> int:
     if args.generate > 0:
         n_val = max(2, args.generate // 10)
         print(f"writing {args.generate} synthetic training + {n_val} validation frames to {args.data}")
-        write_yolo_dataset(args.data, args.generate, n_val, seed=args.seed, progress=True, hard_share=args.hard_share)
+        write_yolo_dataset(
+            args.data, args.generate, n_val, seed=args.seed, progress=True, hard_share=args.hard_share, processes=args.jobs
+        )
     best = train_detector(
         args.data,
         out_dir=args.runs,
@@ -69,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         time_hours=args.max_minutes / 60.0 if args.max_minutes else None,
         device=args.device,
+        workers=args.workers,
     )
     if args.output is not None:
         args.output.parent.mkdir(parents=True, exist_ok=True)
