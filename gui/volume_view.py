@@ -39,17 +39,17 @@ def preview(volume: np.ndarray, max_side: int) -> np.ndarray:
 
 
 def contrast_for(volume: np.ndarray) -> tuple[float, float]:
-    """(low, high) display range: 0 .. 99.9th percentile of a subsample (robust to streaks)."""
+    """(low, high) display range: 0 .. 99.9th percentile of a subsample (robust to streaks).
+
+    The low end is 0, not a percentile: attenuation is never negative, so FBP's negative
+    ringing is clipped to black instead of lifting the background to grey.
+    """
     sub = volume[::2, ::2, ::2] if volume.size > 64**3 else volume
     finite = sub[np.isfinite(sub)]
     if finite.size == 0:
         return (0.0, 1.0)
     hi = float(np.percentile(finite, 99.9))
-    lo = min(0.0, float(np.percentile(finite, 0.5)))
-    lo = max(lo, 0.0)
-    if hi <= lo:
-        hi = lo + 1.0
-    return (lo, hi)
+    return (0.0, hi if hi > 0.0 else 1.0)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,8 @@ def test_contrast_ignores_outliers_and_empty():
     vol[0, 0, 0] = 1e6  # one hot voxel must not set the display range
     lo, hi = contrast_for(vol)
     assert lo == 0.0 and hi == pytest.approx(1.0)
+    vol[:5] = -0.5  # negative FBP ringing is shown black, it does not widen the range
+    assert contrast_for(vol) == (0.0, pytest.approx(1.0))
 
 
 @pytest.mark.gui
