@@ -244,6 +244,11 @@ class RotationDriver:
     step and never faster than ``slm.refresh_rate_hz``. ``angle_deg`` is cumulative (not
     wrapped). A device error stops the thread; ``error`` holds the message and ``on_error``
     (if given) is called with it from the driver thread.
+
+    With ``clock`` (a function returning seconds, e.g. a simulated world's time) there is no
+    thread: whoever owns that clock calls :meth:`tick` (the simulated camera before each
+    frame), so the ellipse turns at ``rate_deg_s`` of *that* time however fast the CPU runs,
+    and a device error is raised to the caller.
     """
 
     def __init__(
@@ -254,8 +259,10 @@ class RotationDriver:
         direction: int = 1,
         on_error: Callable[[str], None] | None = None,
         start_angle_deg: float = 0.0,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.slm = slm
+        self.clock = clock
         self.sequencer = sequencer
         self._check_rate(rate_deg_s, direction)
         self._rate = float(rate_deg_s)
@@ -267,6 +274,8 @@ class RotationDriver:
         self._last_write_t = -float("inf")
         self._min_gap_s = 1.0 / max(float(getattr(slm, "refresh_rate_hz", 60.0)), 1e-3)
         self._paused = False
+        self._ticking = False  # clock mode: between start() and stop()
+        self._last_tick: float | None = None
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -307,6 +316,8 @@ class RotationDriver:
 
     @property
     def is_running(self) -> bool:
+        if self.clock is not None:
+            return self._ticking
         return self._thread is not None and self._thread.is_alive()
 
     @property
@@ -318,11 +329,17 @@ class RotationDriver:
         if self.is_running:
             return
         self.error = None
+        if self.clock is not None:
+            self._ticking = True
+            self._last_tick = self.clock()
+            self._write(force=True)
+            return
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="rotation-driver", daemon=True)
         self._thread.start()
 
     def stop(self, timeout_s: float = 2.0) -> None:
+        self._ticking = False
         self._stop.set()
         t = self._thread
         if t is not None and t is not threading.current_thread():
@@ -347,6 +364,22 @@ class RotationDriver:
         """Write the pattern for the current angle immediately (e.g. after a new calibration)."""
         self._write(force=True)
 
+    def tick(self) -> None:
+        """Clock mode: advance the angle by the time since the last tick, show a new step."""
+        if self.clock is None:
+            raise RuntimeError("tick() is for a RotationDriver built with a clock; this one runs its own thread")
+        if not self._ticking:
+            return
+        now = self.clock()
+        self._advance(now - (self._last_tick if self._last_tick is not None else now))
+        self._last_tick = now
+        self._write()
+
+    def _advance(self, dt_s: float) -> None:
+        with self._lock:
+            if not self._paused:
+                self._angle += self._direction * self._rate * dt_s
+
     # -- thread ---------------------------------------------------------------------
     def _write(self, force: bool = False) -> None:
         angle = self.angle_deg
@@ -360,7 +393,7 @@ class RotationDriver:
         # a slow hologram (cache miss, loaded CPU) must not lead to back-to-back writes: keep at
         # least one refresh period between two patterns, as the SLM cannot show them faster
         wait = self._min_gap_s - (time.monotonic() - self._last_write_t)
-        if not force and wait > 0 and self._stop.wait(wait):
+        if not force and self.clock is None and wait > 0 and self._stop.wait(wait):
             return
         self.slm.show_phase(image)
         self._last_write_t = time.monotonic()
@@ -384,9 +417,7 @@ class RotationDriver:
                 else:
                     next_tick = time.monotonic()  # fell behind: do not burst to catch up
                 now = time.monotonic()
-                with self._lock:
-                    if not self._paused:
-                        self._angle += self._direction * self._rate * (now - last)
+                self._advance(now - last)
                 last = now
                 self._write()
         except Exception as exc:  # a device error must not kill the app silently

@@ -15,8 +15,8 @@ Threads (no signal per frame crosses them; the GUI pulls):
   FINISHING: stop rotation and camera, ``finalize()``, write volume/angles/report, close the
   recording, IDLE, ``events.finished(result)``.
 - rotation: :class:`~mcf_rotator.holography.sequencer.RotationDriver` (own thread, wall-clock)
-  or, when the simulated world runs on simulated time, :class:`LockstepRotation` ticked by the
-  camera thread so the ellipse turns at ``rate_deg_s`` of *simulated* time.
+  or, when the simulated world runs on simulated time, the same driver on the world's clock,
+  ticked by the camera thread so the ellipse turns at ``rate_deg_s`` of *simulated* time.
 """
 
 from __future__ import annotations
@@ -95,82 +95,6 @@ class RunResult:
     report_path: Path | None = None
     report: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
-
-
-# ----------------------------------------------------------------------------- rotation on sim time
-class LockstepRotation:
-    """Rotating-ellipse driver on an external clock (the simulated world's time).
-
-    Same commands as ``RotationDriver``; the camera thread calls :meth:`tick` before each
-    frame, so the commanded angle follows simulated time however fast the CPU runs.
-    """
-
-    def __init__(self, slm: Any, sequencer: Any, rate_deg_s: float, direction: int, clock: Callable[[], float]) -> None:
-        self.slm = slm
-        self.sequencer = sequencer
-        self._rate = float(rate_deg_s)
-        self._direction = int(direction)
-        self._clock = clock
-        self._angle = 0.0
-        self._last_t: float | None = None
-        self._shown_step: int | None = None
-        self._running = False
-        self._paused = False
-        self.error: str | None = None
-
-    @property
-    def angle_deg(self) -> float:
-        return self._angle
-
-    @property
-    def is_running(self) -> bool:
-        return self._running
-
-    @property
-    def is_paused(self) -> bool:
-        return self._paused
-
-    @property
-    def rate_deg_s(self) -> float:
-        return self._rate
-
-    @property
-    def direction(self) -> int:
-        return self._direction
-
-    def start(self) -> None:
-        self._running = True
-        self._last_t = self._clock()
-        self._show(force=True)
-
-    def stop(self, timeout_s: float = 0.0) -> None:
-        self._running = False
-
-    def pause(self) -> None:
-        self._paused = True
-
-    def resume(self) -> None:
-        self._paused = False
-
-    def set_rate(self, rate_deg_s: float, direction: int | None = None) -> None:
-        self._rate = float(rate_deg_s)
-        if direction is not None:
-            self._direction = int(direction)
-
-    def tick(self) -> None:
-        if not self._running:
-            return
-        now = self._clock()
-        if self._last_t is not None and not self._paused:
-            self._angle += self._direction * self._rate * (now - self._last_t)
-        self._last_t = now
-        self._show()
-
-    def _show(self, force: bool = False) -> None:
-        step = self.sequencer.step_index(self._angle)
-        if force or step != self._shown_step:
-            self.slm.show_phase(self.sequencer.phase_image(self._angle))
-            self._shown_step = step
 
 
 # ----------------------------------------------------------------------------- trapped check
@@ -510,17 +434,14 @@ class RigController:
             try:
                 self._start_recording()
                 rot = self.config.rotation
-                if self.lockstep:
-                    world = self.rig.world
-                    self._rotation = LockstepRotation(
-                        self.rig.slm, self._sequencer, rot.rate_deg_s, rot.direction, lambda: float(world.time_s)
-                    )
-                else:
-                    from mcf_rotator.holography.sequencer import RotationDriver
+                from mcf_rotator.holography.sequencer import RotationDriver
 
-                    self._rotation = RotationDriver(
-                        self.rig.slm, self._sequencer, rot.rate_deg_s, rot.direction, on_error=self._on_thread_error
-                    )
+                # on the simulated world's own time the camera thread ticks the driver
+                world = self.rig.world if self.lockstep else None
+                self._rotation = RotationDriver(
+                    self.rig.slm, self._sequencer, rot.rate_deg_s, rot.direction, on_error=self._on_thread_error,
+                    clock=(lambda: float(world.time_s)) if world is not None else None,
+                )
                 self._rotation.start()
                 self._set_state(RigState.ROTATING)
             except Exception as exc:  # noqa: BLE001
@@ -899,7 +820,7 @@ class RigController:
         try:
             while not self._camera_stop.is_set():
                 rot = self._rotation
-                if isinstance(rot, LockstepRotation):
+                if rot is not None and rot.clock is not None:
                     rot.tick()
                 try:
                     frame = cam.read_frame(0.5)

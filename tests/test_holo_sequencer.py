@@ -136,6 +136,39 @@ def test_driver_rotates_pauses_reverses(setup):
     assert gaps.min() > 0.5 / slm.refresh_rate_hz
 
 
+def test_driver_on_an_external_clock_turns_with_that_clock(setup):
+    """Clock mode (the simulated world's time): no thread, the angle follows the clock."""
+    g, grid, mapping, gen = setup
+    seq = EllipseSequencer(gen, mapping, step_deg=1.0)
+    slm = FakeSLM(mapping.labels.shape)
+    now = [10.0]
+    drv = RotationDriver(slm, seq, rate_deg_s=30.0, direction=-1, clock=lambda: now[0])
+    drv.tick()  # before start: nothing happens
+    assert drv.angle_deg == 0.0 and slm.shown == []
+    drv.start()
+    assert drv.is_running and len(slm.shown) == 1  # the first step is shown at once
+    now[0] += 0.01
+    drv.tick()  # 0.3 deg: still the same 1-deg step, no SLM write
+    assert drv.angle_deg == pytest.approx(-0.3) and len(slm.shown) == 1
+    now[0] += 1.0
+    drv.tick()
+    assert drv.angle_deg == pytest.approx(-30.3) and len(slm.shown) == 2
+    drv.pause()
+    now[0] += 5.0
+    drv.tick()
+    assert drv.angle_deg == pytest.approx(-30.3)
+    drv.resume()
+    drv.set_rate(60.0, direction=1)
+    now[0] += 0.5
+    drv.tick()
+    assert drv.angle_deg == pytest.approx(-0.3)
+    drv.stop()
+    assert not drv.is_running
+    threaded = RotationDriver(slm, seq)
+    with pytest.raises(RuntimeError, match="clock"):
+        threaded.tick()
+
+
 def test_driver_reports_device_error(setup):
     g, grid, mapping, gen = setup
     seq = EllipseSequencer(gen, mapping)
