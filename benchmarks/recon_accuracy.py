@@ -101,6 +101,9 @@ def bench_angles_and_volume(n_frames: int, size: int, seed: int, epc: float, pha
             "live": angle_errors(live, ang),
             "tracked_fit": angle_errors(fitted, ang),
             "final": angle_errors(final, ang),
+            # the same with the best constant offset removed: what is left when frame 0 (the
+            # reference of every angle) is exact; the difference to "final" is its error
+            "final, offset-free": angle_errors(final - np.median(final - ang), ang),
         },
         "axis": {"true_offset_px": offset, "true_tilt_deg": tilt,
                  "offset_px": ref.axis_offset_px if ref else None, "tilt_deg": ref.tilt_deg if ref else None},
