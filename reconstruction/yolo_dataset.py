@@ -327,9 +327,12 @@ def write_yolo_dataset(
             print(f"{split}: {done[split]}/{totals[split]} frames", flush=True)
 
     if processes > 1 and len(jobs) > 1:
+        import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        with ProcessPoolExecutor(max_workers=int(processes)) as pool:
+        # spawn, not fork: the caller may already run torch's thread pools (train-detector)
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=int(processes), mp_context=ctx) as pool:
             for job, n_done in zip(jobs, pool.map(_write_block, jobs)):
                 _report(job, n_done)
     else:
