@@ -275,7 +275,7 @@ class RotationDriver:
         self._min_gap_s = 1.0 / max(float(getattr(slm, "refresh_rate_hz", 60.0)), 1e-3)
         self._paused = False
         self._ticking = False  # clock mode: between start() and stop()
-        self._last_tick: float | None = None
+        self._last_tick = 0.0  # clock mode: clock reading at the last tick (set by start())
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -371,7 +371,7 @@ class RotationDriver:
         if not self._ticking:
             return
         now = self.clock()
-        self._advance(now - (self._last_tick if self._last_tick is not None else now))
+        self._advance(now - self._last_tick)
         self._last_tick = now
         self._write()
 

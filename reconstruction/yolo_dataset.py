@@ -278,15 +278,31 @@ BLOCK = 256
 BLOCK_SEED_STEP = 104729
 
 
-def _write_block(job: tuple) -> int:
+@dataclass(frozen=True)
+class _Block:
+    """One block of a split to render and write (picklable, for worker processes)."""
+
+    split: str
+    img_dir: str
+    lab_dir: str
+    split_seed: int  # names the files
+    block_seed: int  # draws the frames
+    start: int
+    n: int
+    shape: tuple[int, int]
+    cond: Conditions
+    hard_share: float
+
+
+def _write_block(b: _Block) -> int:
     """Render one block of frames and write images + labels; returns the frame count."""
-    img_dir, lab_dir, split_seed, block_seed, start, n, shape, cond, hard_share = job
-    for i, sample in enumerate(generate_samples(n, block_seed, shape, cond, hard_share)):
-        name = f"{cond.name}_{split_seed}_{start + i:05d}"
-        if not cv2.imwrite(str(Path(img_dir) / f"{name}.png"), sample.image):
-            raise InputFileError(f"{Path(img_dir) / name}.png: cannot write image")
-        (Path(lab_dir) / f"{name}.txt").write_text("\n".join(label_lines(sample)) + ("\n" if sample.masks else ""))
-    return n
+    img_dir, lab_dir = Path(b.img_dir), Path(b.lab_dir)
+    for i, sample in enumerate(generate_samples(b.n, b.block_seed, b.shape, b.cond, b.hard_share)):
+        name = f"{b.cond.name}_{b.split_seed}_{b.start + i:05d}"
+        if not cv2.imwrite(str(img_dir / f"{name}.png"), sample.image):
+            raise InputFileError(f"{img_dir / name}.png: cannot write image")
+        (lab_dir / f"{name}.txt").write_text("\n".join(label_lines(sample)) + ("\n" if sample.masks else ""))
+    return b.n
 
 
 def write_yolo_dataset(
@@ -308,7 +324,7 @@ def write_yolo_dataset(
     not depend on it.
     """
     root = Path(root)
-    jobs: list[tuple] = []
+    jobs: list[_Block] = []
     totals: dict[str, int] = {}
     for split, n, s in (("train", n_train, seed), ("val", n_val, seed + 7919)):
         img_dir, lab_dir = root / "images" / split, root / "labels" / split
@@ -317,14 +333,13 @@ def write_yolo_dataset(
         totals[split] = int(n)
         for k, start in enumerate(range(0, int(n), BLOCK)):
             count = min(BLOCK, int(n) - start)
-            jobs.append((str(img_dir), str(lab_dir), s, s + k * BLOCK_SEED_STEP, start, count, shape, cond, hard_share))
+            jobs.append(_Block(split, str(img_dir), str(lab_dir), s, s + k * BLOCK_SEED_STEP, start, count, shape, cond, hard_share))
     done = dict.fromkeys(totals, 0)
 
-    def _report(job: tuple, n_done: int) -> None:
-        split = Path(job[0]).name
-        done[split] += n_done
+    def _report(job: _Block, n_done: int) -> None:
+        done[job.split] += n_done
         if progress:
-            print(f"{split}: {done[split]}/{totals[split]} frames", flush=True)
+            print(f"{job.split}: {done[job.split]}/{totals[job.split]} frames", flush=True)
 
     if processes > 1 and len(jobs) > 1:
         import multiprocessing
