@@ -364,6 +364,9 @@ def match_projections(
     filter_name: str = "hann",
     blur_px: float = 1.0,
     highpass_px: float = 3.0,
+    shift_px: float = 0.0,
+    shift_step_px: float = 0.5,
+    whole_cell: bool = True,
 ) -> tuple[np.ndarray, dict]:
     """Per-frame angles by projection matching: reproject the FBP volume, pick each frame's angle.
 
@@ -374,9 +377,18 @@ def match_projections(
     angle. Frames are split into two interleaved halves and each half is matched against the
     volume of the other (a frame's own back-projection would pull the match to its current
     angle), the second half against the first half's new angles (Gauss-Seidel; updating both
-    at once makes their relative offset oscillate). Frame 0 keeps its angle (gauge).
+    at once makes their relative offset oscillate). The start's median angle is kept (gauge):
+    frame 0, the reference of every reported angle, is matched like any other frame (were it
+    the gauge, its own error would shift all the others).
     Images are compared after a ``blur_px`` Gaussian and with the ``highpass_px`` Gaussian
     subtracted (the granules carry the angle; the smooth body barely does).
+    ``shift_px`` > 0 also searches a lateral shift of every frame (within +-``shift_px`` on a
+    ``shift_step_px`` grid, the peak refined by a parabola); ``info["shifts"]`` holds the shift
+    (px) that moves each frame onto its matched view: a cell drawn ``d`` px right of the given
+    axis gives ``-d``. Frame by frame a shift trades against the angle (0.3 px reads as about
+    1 deg for a granule 15 px from the axis, and a slow drift is absorbed by the volume), so use
+    the shifts together: their median corrects the axis offset. ``whole_cell=False`` compares
+    only the cell's core (the window of :func:`moment_angles`; see :func:`_cell_extent`).
 
     Known limit: warps of the angles periodic in 180 deg (``a sin 2theta + b cos 2theta``,
     ...) are seen only weakly (the volume adapts to them), so the result keeps part of the
@@ -391,7 +403,7 @@ def match_projections(
     axis_col = (w - 1) / 2.0 + axis_offset_px
     pt = undo_tilt(p, tilt_deg, axis_col)
     # rows and columns the cell occupies (the rest is background and costs time)
-    r0, r1, halfw = _cell_extent(pt, axis_col)
+    r0, r1, halfw = _cell_extent(pt, axis_col, whole_cell)
     half = int(np.ceil(halfw)) + 2
     c0 = int(np.floor(axis_col)) - half
     c1 = c0 + 2 * half + 1
@@ -411,7 +423,9 @@ def match_projections(
     halves = [np.arange(0, n, 2), np.arange(1, n, 2)]
     info: dict = {"scores": None, "crop": (int(r0), int(r1), int(c0), int(c1))}
     score = np.zeros(n)
-    a0 = float(a[0])
+    shift = np.zeros(n)
+    k_max = int(np.floor(max(shift_px, 0.0) / shift_step_px + 1e-9)) if shift_step_px > 0 else 0
+    shifts = shift_step_px * np.arange(-k_max, k_max + 1, dtype=np.float64)
     for it in range(max(iterations, 1)):
         # iterations == 0: only score the given angles (window 0)
         win = search_deg[min(it, len(search_deg) - 1)] if iterations > 0 else 0.0
@@ -431,20 +445,33 @@ def match_projections(
                 m = int(round(win / step_deg))
                 cand = (np.round(a[t] / step_deg) + np.arange(-m, m + 1)) * step_deg  # on the grid
                 gi = np.rint(np.mod(cand, 360.0) / step_deg).astype(int) % grid.size
-                x = sub_m[t].ravel().astype(np.float64)
-                x = x - x.mean()
-                sc = (rc[gi] @ x) / max(np.linalg.norm(x), 1e-12)
-                j = int(np.argmax(sc))
-                score[t] = sc[j]
-                if 0 < j < sc.size - 1:
-                    new[t] = cand[j] + step_deg * (_subframe(sc, j) - j)
-                else:
-                    new[t] = cand[j]
+                sc = np.stack([(rc[gi] @ x) for x in _shifted(sub_m[t], shifts)])  # (shifts, angles)
+                i, j = np.unravel_index(int(np.argmax(sc)), sc.shape)
+                score[t] = sc[i, j]
+                new[t] = cand[j] + step_deg * (_subframe(sc[i], j) - j)
+                shift[t] = shifts[i] + (shift_step_px * (_subframe(sc[:, j], i) - i) if shifts.size > 1 else 0.0)
         if iterations > 0:
-            info["matched"] = new.copy()  # before the gauge shift (frame 0 to its old angle)
-            a = new - new[0] + a0
+            info["matched"] = new.copy()  # before the gauge shift
+            a = new - np.median(new - a)
     info["scores"] = score
+    info["shifts"] = shift
     return a, info
+
+
+def _shifted(image: np.ndarray, shifts: np.ndarray) -> list[np.ndarray]:
+    """The (filtered) image moved right by each of ``shifts`` px, each flattened, centred, unit norm.
+
+    Linear interpolation; the border is the filtered background (zero), so a shift brings no
+    edge into view."""
+    out = []
+    h, w = image.shape
+    for dx in shifts:
+        img = image if dx == 0 else cv2.warpAffine(image, np.float32([[1, 0, dx], [0, 1, 0]]), (w, h),
+                                                   flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+        x = img.ravel().astype(np.float64)
+        x = x - x.mean()
+        out.append(x / max(float(np.linalg.norm(x)), 1e-12))
+    return out
 
 
 def match_score(projections: np.ndarray, angles_deg: np.ndarray, axis_offset_px: float = 0.0,
@@ -455,12 +482,28 @@ def match_score(projections: np.ndarray, angles_deg: np.ndarray, axis_offset_px:
                                              iterations=0)[1]["scores"]))
 
 
-def _cell_extent(p: np.ndarray, axis_col: float) -> tuple[int, int, float]:
-    """(first row, last row + 1, half width in columns about the axis) of the cell in a stack."""
+def _edge_level(profile: np.ndarray) -> float:
+    """Background level of a 1D profile from its two ends (the outer sixteenth on each side)."""
+    k = max(2, profile.size // 16)
+    return float(np.median(np.concatenate([profile[:k], profile[-k:]])))
+
+
+def _cell_extent(p: np.ndarray, axis_col: float, whole_cell: bool = True) -> tuple[int, int, float]:
+    """(first row, last row + 1, half width in columns about the axis) of the cell in a stack.
+
+    ``whole_cell``: the background level comes from the crop's edges, so the window holds all
+    of the cell, however much of the crop it covers (projection matching: a cut window makes the
+    volume miss the cell's outer parts and the matched angles drift by a 180 deg-periodic warp,
+    9 deg in 8 iterations measured from the true angles). Otherwise the level is the median
+    column, which lies inside a cell covering over half the crop: a tighter window about the
+    cell's core (projection moments weight column ``s`` by ``s**k``, so a faint rim, a phase
+    halo or debris at the window's edge would dominate them).
+    """
     m = np.abs(np.asarray(p, np.float32)).mean(axis=0)
     prof_r = m.mean(axis=1)
     prof_c = m.mean(axis=0)
-    br, bc = np.median(prof_r), np.median(prof_c)
+    level = _edge_level if whole_cell else np.median
+    br, bc = level(prof_r), level(prof_c)
     rows = np.flatnonzero(prof_r - br > 0.2 * (prof_r.max() - br))
     cols = np.flatnonzero(prof_c - bc > 0.1 * (prof_c.max() - bc))
     h, w = m.shape
@@ -504,7 +547,7 @@ def moment_angles(
     n, h, w = np.shape(projections)
     axis_col = (w - 1) / 2.0 + axis_offset_px
     p = undo_tilt(np.asarray(projections, np.float32), tilt_deg, axis_col).astype(np.float64)
-    r0, r1, half = _cell_extent(p, axis_col)
+    r0, r1, half = _cell_extent(p, axis_col, whole_cell=False)
     s = (np.arange(w) - axis_col) / max(half, 1.0)
     cm = np.abs(s) <= 1.0
     pb = p[:, r0:r1][:, :, cm]
