@@ -27,6 +27,7 @@ import sys
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 import cv2  # noqa: E402
+import numpy as np  # noqa: E402
 
 from recon_accuracy import bench_angles_and_volume  # noqa: E402  (benchmarks/ is the script's folder)
 from recon_speed import bench_fbp_speed, bench_incremental, bench_pipeline, bench_pipeline_learned  # noqa: E402
@@ -70,11 +71,19 @@ def main(argv: list[str] | None = None) -> int:
         for k, v in a.items():
             print(f"  angles {k:12s} mean |err| {v['mean_abs_deg']:.3f} deg  max {v['max_abs_deg']:.2f}  rms {v['rms_deg']:.3f}")
         ax = r["axis"]
-        print(f"  axis offset {ax['offset_px']} px (true {ax['true_offset_px']}), tilt {ax['tilt_deg']} deg (true {ax['true_tilt_deg']})")
+        shift = r.get("angle_stages", {}).get("axis_shift_px")
+        tuned = f", fine-tuned by matching by {-shift:+.3f} px" if shift is not None else ""
+        print(f"  axis offset {ax['offset_px']} px (true {ax['true_offset_px']}){tuned}, tilt {ax['tilt_deg']} deg "
+              f"(true {ax['true_tilt_deg']})")
         for k, m in r["volume"].items():
             print(f"  volume {k:30s} PSNR {m['psnr_db']:.2f} dB  MS-SSIM {m['ms_ssim']:.4f}  SSIM {m['ssim']:.4f}  "
                   f"MSE {m['mse']:.5f}  MAE {m['mae']:.4f}  RMSE {m['rmse']:.4f}")
         print(f"  tracking {r['track_ms_per_frame']:.2f} ms/frame, final angles {r['angles_s']:.1f} s")
+    if len(res["runs"]) > 1:
+        fin = [r["angles"]["final"]["mean_abs_deg"] for r in res["runs"]]
+        off = [r["angles"]["final, offset-free"]["mean_abs_deg"] for r in res["runs"]]
+        print(f"angle MAE over {len(fin)} seeds: mean {np.mean(fin):.3f} deg (range {min(fin):.2f}-{max(fin):.2f}), "
+              f"offset-free mean {np.mean(off):.3f} deg")
     if not args.skip_speed:
         res["fbp"] = s = bench_fbp_speed()
         print(f"FBP 128^3 x 180 views ({s['threads']} threads, load avg {s['load_avg_1min']}): first call "

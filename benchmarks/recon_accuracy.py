@@ -108,7 +108,7 @@ def bench_angles_and_volume(n_frames: int, size: int, seed: int, epc: float, pha
         "axis": {"true_offset_px": offset, "true_tilt_deg": tilt,
                  "offset_px": ref.axis_offset_px if ref else None, "tilt_deg": ref.tilt_deg if ref else None},
         "flags": info["flags"],
-        "angle_stages": {k: info[k] for k in ("rate_deg_per_frame", "periodic_warp", "per_frame") if k in info},
+        "angle_stages": {k: info[k] for k in ("rate_deg_per_frame", "periodic_warp", "per_frame", "axis_shift_px") if k in info},
     }
     truth = ph.voxelize(size, voxel_um=voxel)
     vols = {

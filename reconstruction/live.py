@@ -29,6 +29,7 @@ from mcf_rotator.reconstruction.refinement import (
     Refinement,
     match_projections,
     match_score,
+    common_partners,
     mirror_residual,
     moment_angles,
     periodic_warp,
@@ -49,7 +50,7 @@ def estimate_angles(
     per_frame: bool = True,
     match_iterations: int = 8,
     min_match: float = 0.85,
-    clear_gain: float = 0.01,
+    clear_gain: float = 0.02,
     shift_px: float = 2.0,
 ) -> tuple[np.ndarray, Refinement | None, dict[str, Any]]:
     """Angles of a finished sweep: track fit and mirror symmetry, alternated.
@@ -63,12 +64,12 @@ def estimate_angles(
     angle, with no smoothness prior (a trapped cell turns in bursts and pauses): the moment
     fit of all rows (:func:`moment_angles`), then projection matching against the volume
     (:func:`match_projections`), from the first and the last round's angles; kept only where
-    they match the projections clearly better (``clear_gain``: the tracks failed);
-    6. (``per_frame``) the axis offset fine-tuned by matching (the median lateral shift, searched
-    within ``shift_px``, that moves the frames onto their views), then one last matching pass
-    that moves every frame, frame 0 included, to its best match (frame 0's own error would shift
-    every reported angle).
-    Sweeps under 180 deg skip the mirror and per-frame steps.
+    they match the projections better and the mirror pairs too, or the match clearly
+    (``clear_gain``); 6. (``per_frame``) the axis offset fine-tuned by matching (the median
+    lateral shift, searched within ``shift_px``, that moves the frames onto their views), then
+    one last matching pass that moves every frame, frame 0 included, to its best match (frame
+    0's own error would shift every reported angle). Sweeps under 180 deg skip the mirror and
+    per-frame steps.
     ``projections`` (T, H, W) line integrals of the same frames the tracker saw.
     Returns (angles deg, last refinement or None, info).
     """
@@ -121,12 +122,11 @@ def estimate_angles(
         except ReconstructionError as exc:
             info["flags"].append(f"periodic-warp correction skipped: {exc}")
     if per_frame and ref is not None:
-        # the whole per-frame candidate replaces the start only where it matches the projections
-        # clearly better (median leave-half-out NCC up by ``clear_gain``, and at least
-        # ``min_match``: below it the match is noise-dominated): where the tracks failed. Small
-        # gains come from drift along the 180 deg-periodic modes the match barely sees (measured:
-        # +0.0002..0.002 on smooth simulated sweeps, with the angles worse as often as better);
-        # the fine per-frame correction is the last pass below
+        # kept only if the projections agree better with their volume (median leave-half-out
+        # NCC, and at least ``min_match``: below it the match is noise-dominated and the per-frame
+        # angles wander) and the mirror pairs, measured from the images alone, agree better
+        # too or the match gains clearly (``clear_gain``): a guard against a search that locked
+        # on wrong minima. The fine per-frame correction is the last pass below.
         off, tilt = ref.axis_offset_px, ref.tilt_deg
         base = match_score(projections, ang, off, tilt)
         # coarse (low order, wide search: the start may be off by tens of degrees where the
@@ -146,12 +146,19 @@ def estimate_angles(
                 best = (sc, c, sref)
         assert best is not None
         score, cand, cref = best
-        info["per_frame"] = {"match_before": base, "match_after": score}
-        if score > max(base + clear_gain, min_match):
+        # mirror pairs searched widely around both sets (the refinement's own pairs favour its
+        # angles, and where it went wrong they are wrong too)
+        pairs = common_partners(projections, [ang, cand], off, tilt)
+        m0, m1 = mirror_residual(ang, pairs), mirror_residual(cand, pairs)
+        info["per_frame"] = {"match_before": base, "match_after": score, "mirror_before_deg": m0,
+                             "mirror_after_deg": m1}
+        # a clear gain in the match (signal-dominated there) overrides the mirror check, which
+        # only holds as far as the imaging keeps the 180 deg mirror symmetry
+        if score > max(base, min_match) and (m1 < m0 or score > base + clear_gain):
             ang, ref = cand, cref
         else:
-            info["flags"].append(f"per-frame angles rejected (match {score:.4f} vs {base:.4f}: "
-                                 f"under the gain of {clear_gain})")
+            info["flags"].append(f"per-frame angles rejected (match {score:.4f} vs {base:.4f}, "
+                                 f"mirror pairs {m1:.2f} vs {m0:.2f} deg)")
         if match_iterations > 0:
             # the axis, fine-tuned: the median lateral shift that moves the frames onto their
             # matched views (frame by frame a shift trades against the angle, so only the median
