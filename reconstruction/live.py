@@ -27,9 +27,9 @@ from mcf_rotator.reconstruction.fbp import fbp
 from mcf_rotator.reconstruction.incremental import IncrementalReconstructor, VolumeSnapshot
 from mcf_rotator.reconstruction.refinement import (
     Refinement,
+    common_partners,
     match_projections,
     match_score,
-    common_partners,
     mirror_residual,
     moment_angles,
     periodic_warp,

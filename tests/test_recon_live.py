@@ -74,6 +74,8 @@ def test_full_sweep_angles_and_volume():
     assert err.mean() < 2.0, err.mean()
     assert res.tilt_deg == pytest.approx(0.8, abs=0.3)
     assert res.report["coverage_deg"] > 300 and res.report["mirror_pairs"] > 50
+    # the matching fine-tune moves an axis the mirror symmetry found well only slightly
+    assert abs(res.report["axis_shift_px"]) < 0.3, res.report["axis_shift_px"]
     proj = np.stack(pipe.projections)
     ref = fbp(proj, ang, axis_offset_px=res.axis_offset_px, tilt_deg=res.tilt_deg, weights="circular",
               filter_name="hann")
