@@ -56,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--json", type=str, default=None)
     args = ap.parse_args(argv)
+    if args.jitter_draws < 0:
+        ap.error(f"--jitter-draws must be 0 or more, got {args.jitter_draws}")
     cv2.setNumThreads(1)
     res: dict = {"runs": []}
     for seed in args.seeds:

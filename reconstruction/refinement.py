@@ -449,7 +449,7 @@ def match_projections(
                 i, j = np.unravel_index(int(np.argmax(sc)), sc.shape)
                 score[t] = sc[i, j]
                 new[t] = cand[j] + step_deg * (_subframe(sc[i], j) - j)
-                shift[t] = shifts[i] + (shift_step_px * (_subframe(sc[:, j], i) - i) if shifts.size > 1 else 0.0)
+                shift[t] = shifts[i] + shift_step_px * (_subframe(sc[:, j], i) - i)
         if iterations > 0:
             info["matched"] = new.copy()  # before the gauge shift
             a = new - np.median(new - a)
