@@ -213,6 +213,24 @@ def volume_voxel_um(config: RigConfig, pipeline: Any, recon: Any) -> float:
     return float(config.optics.object_pixel_um)
 
 
+def write_volume_tiff(path: Path, volume: np.ndarray, voxel_um: float) -> None:
+    """ImageJ-readable float32 (Z, Y, X) stack with the voxel size in micrometres."""
+    import tifffile
+
+    tifffile.imwrite(path, np.asarray(volume, np.float32), imagej=True,
+                     resolution=(1.0 / voxel_um, 1.0 / voxel_um),
+                     metadata={"spacing": voxel_um, "unit": "um", "axes": "ZYX"})
+
+
+def write_angles_csv(path: Path, frames: list[int], angles: np.ndarray) -> None:
+    """``frame,angle_deg`` rows, one per reconstructed frame."""
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["frame", "angle_deg"])
+        for f, a in zip(frames, angles):
+            w.writerow([int(f), f"{a:.4f}"])
+
+
 def default_hologram_generator(config: RigConfig, geometry: Any) -> Any:
     """CoreNet when its weights load for this fibre, else weighted Gerchberg-Saxton.
 
@@ -290,6 +308,8 @@ class RigController:
         self._trace_t: list[float] = []
         self._trace_a: list[float] = []
         self._processed_record_idx: list[int] = []
+        # recording index of every frame that got an angle (the pipeline keeps only those)
+        self._traced_record_idx: list[int] = []
         self._frame_times: deque[float] = deque(maxlen=60)
         self._frames_read = 0
         self._coverage = 0.0
@@ -646,6 +666,48 @@ class RigController:
     def volume_snapshot(self) -> Any:
         return self._snapshot
 
+    def save_volume(self, path: str | Path) -> Path:
+        """Write the volume on show as an ImageJ float32 TIFF with its voxel size.
+
+        After a finished run that is the final volume (refined angles), the one in the run
+        folder; during a run, the live volume. Raises :class:`McfRotatorError` if there is none.
+        """
+        recon = self._last_result.reconstruction if self._last_result is not None else None
+        if recon is not None:
+            volume = recon.volume
+        else:
+            snap = self._snapshot
+            if snap is None:
+                raise McfRotatorError("no volume yet - reconstruct first")
+            volume = snap.volume
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_volume_tiff(path, volume, volume_voxel_um(self.config, self._pipeline, recon))
+        return path
+
+    def save_angles(self, path: str | Path) -> Path:
+        """Write ``frame,angle_deg`` (frame: index in the recording): after a finished run the
+        refined angles of its volume, during a run the live tracked angles."""
+        recon = self._last_result.reconstruction if self._last_result is not None else None
+        if recon is not None:
+            angles = np.asarray(recon.angles_deg, float)
+        else:
+            _t, angles = self.angle_trace()
+            if angles.size == 0:
+                raise McfRotatorError("no tracked angles yet")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_angles_csv(path, self._record_frames(len(angles)), angles)
+        return path
+
+    def _record_frames(self, n: int) -> list[int]:
+        """Recording frame index of each of the ``n`` frames with an angle (0..n-1 if unknown).
+
+        Frames without a cell get no angle and no projection, so the angles skip them.
+        """
+        idx = list(self._traced_record_idx)
+        return idx if len(idx) == n and all(i >= 0 for i in idx) else list(range(n))
+
     def angle_trace(self) -> tuple[np.ndarray, np.ndarray]:
         """(timestamps s, tracked cumulative angle deg) of the processed frames."""
         n = min(len(self._trace_t), len(self._trace_a))
@@ -711,6 +773,7 @@ class RigController:
         self._snapshot = None
         self._trace_t, self._trace_a = [], []
         self._processed_record_idx = []
+        self._traced_record_idx = []
         self._frame_times.clear()
         self._frames_read = 0
         self._coverage = 0.0
@@ -895,6 +958,7 @@ class RigController:
                 if angle is not None:
                     self._trace_t.append(frame.timestamp)
                     self._trace_a.append(float(angle))
+                    self._traced_record_idx.append(rec_idx)
                     if self._recorder is not None and rec_idx >= 0:
                         self._recorder.annotate(rec_idx, tracked_angle_deg=float(angle))
                 self._update_snapshot()
@@ -954,7 +1018,7 @@ class RigController:
                     self._info("finalising the reconstruction (angle refinement)")
                     recon = self._pipeline.finalize()
                     result.reconstruction = recon
-                    self._snapshot = self._pipeline.snapshot() or self._snapshot
+                    self._publish_final_volume(recon)
                     self._write_outputs(result, recon)
                 except ReconstructionError as exc:
                     result.error = str(exc)
@@ -987,29 +1051,31 @@ class RigController:
         self._run_done.set()
         self.events.finished.emit(result)
 
-    def _write_outputs(self, result: RunResult, recon: Any) -> None:
-        import tifffile
+    def _publish_final_volume(self, recon: Any) -> None:
+        """Show the final volume (refined angles) instead of the live one, a version later.
 
+        The live volume was back-projected at the causal tracked angles, which drift by tens of
+        degrees over a sweep; the view and the Save buttons must show what the run folder holds.
+        """
+        from mcf_rotator.reconstruction.incremental import VolumeSnapshot
+
+        live = self._pipeline.snapshot() or self._snapshot
+        angles = np.asarray(recon.angles_deg, float)
+        version = int(getattr(live, "version", 0) or 0) + 1
+        self._snapshot = VolumeSnapshot(version, np.asarray(recon.volume, np.float32), int(angles.size),
+                                        float(np.ptp(angles)) if angles.size else 0.0)
+        self._last_volume_emit = time.monotonic()
+        self.events.volume_updated.emit(version)
+
+    def _write_outputs(self, result: RunResult, recon: Any) -> None:
         run_dir = result.run_dir
-        volume = np.asarray(recon.volume, np.float32)
         voxel_um = volume_voxel_um(self.config, self._pipeline, recon)
         result.volume_path = run_dir / "volume.tif"
-        tifffile.imwrite(
-            result.volume_path,
-            volume,
-            imagej=True,
-            resolution=(1.0 / voxel_um, 1.0 / voxel_um),
-            metadata={"spacing": voxel_um, "unit": "um", "axes": "ZYX"},
-        )
+        write_volume_tiff(result.volume_path, recon.volume, voxel_um)
         angles = np.asarray(recon.angles_deg, float)
-        idx = self._processed_record_idx
-        frames = idx if len(idx) == len(angles) and all(i >= 0 for i in idx) else list(range(len(angles)))
+        frames = self._record_frames(len(angles))
         result.angles_path = run_dir / "angles.csv"
-        with open(result.angles_path, "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(["frame", "angle_deg"])
-            for f, a in zip(frames, angles):
-                w.writerow([int(f), f"{a:.4f}"])
+        write_angles_csv(result.angles_path, frames, angles)
         if self._recorder is not None and len(frames) == len(angles):
             for f, a in zip(frames, angles):
                 self._recorder.annotate(int(f), refined_angle_deg=float(a))

@@ -14,9 +14,10 @@ import tifffile
 
 from mcf_rotator.config import RigConfig
 from mcf_rotator.controller import InvalidTransitionError, RigController, RigState, cell_centroid
+from mcf_rotator.errors import McfRotatorError
 from mcf_rotator.recording import open_recording
 
-from test_core_support import FakePipeline, FakeSequencer, fake_rig
+from test_core_support import FakePipeline, FakeResult, FakeSequencer, fake_rig
 
 
 def _controller(tmp_path: Path, pipeline: FakePipeline | None = None, fail_after: int | None = None,
@@ -66,6 +67,50 @@ def test_full_run_transitions_and_outputs(tmp_path: Path) -> None:
     assert ctl.rig.trap.enabled is False
     st = ctl.stats()
     assert st["coverage_deg"] >= 360 and st["recorded_frames"] == len(frames)
+
+
+class _GappyPipeline(FakePipeline):
+    """Every 7th frame has no cell: no angle, no projection (as LivePipeline)."""
+
+    def process(self, image: np.ndarray, timestamp: float) -> FakeResult:
+        if self.n % 7 == 3:
+            self.n += 1
+            return FakeResult(self.n - 1, None, ok=False)
+        return super().process(image, timestamp)
+
+
+def test_angles_name_the_recorded_frames_when_some_frames_had_no_cell(tmp_path: Path) -> None:
+    ctl, pipe = _controller(tmp_path, pipeline=_GappyPipeline())
+    result = ctl.run_all(trap_timeout_s=10, timeout_s=60)
+    rows = list(csv.reader(open(result.angles_path)))[1:]
+    assert len(rows) == len(pipe.angles) < pipe.n
+    frames, meta = open_recording(result.recording.path)
+    for f, a in rows:  # the refined angle lands on the frame whose tracked angle it refines
+        m = meta[int(f)]
+        assert m["tracked_angle_deg"] == pytest.approx(float(a)) and m["refined_angle_deg"] == pytest.approx(float(a))
+    assert sum("tracked_angle_deg" not in m for m in meta[: int(rows[-1][0])]) > 0  # gaps were skipped
+
+
+def test_save_volume_and_angles_give_the_final_result_after_a_run(tmp_path: Path) -> None:
+    ctl, pipe = _controller(tmp_path)
+    with pytest.raises(McfRotatorError, match="no volume"):
+        ctl.save_volume(tmp_path / "none.tif")
+    with pytest.raises(McfRotatorError, match="no tracked angles"):
+        ctl.save_angles(tmp_path / "none.csv")
+    versions: list[int] = []
+    ctl.events.volume_updated.connect(versions.append)
+    result = ctl.run_all(trap_timeout_s=10, timeout_s=60)
+    # the view shows the final volume (FakeRecon: ones, 6^3), not the live one (zeros, 4^3)
+    snap = ctl.volume_snapshot()
+    assert snap.volume.shape == (6, 6, 6) and np.all(snap.volume == 1.0)
+    assert versions and versions[-1] == snap.version and snap.version > pipe.n
+    out = ctl.save_volume(tmp_path / "sub" / "v.tif")
+    with tifffile.TiffFile(out) as tf:
+        assert np.array_equal(tf.asarray(), tifffile.imread(result.volume_path))
+        assert tf.imagej_metadata["spacing"] == pytest.approx(
+            json.loads(result.report_path.read_text())["voxel_um"])
+    ctl.save_angles(tmp_path / "a.csv")
+    assert (tmp_path / "a.csv").read_text() == result.angles_path.read_text()
 
 
 def test_invalid_transitions_refused_with_clear_message(tmp_path: Path) -> None:
