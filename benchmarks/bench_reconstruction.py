@@ -109,8 +109,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"incremental: back-project {s['backproject_ms']:.2f} ms/frame, filter + back-project "
               f"{s['filter_and_backproject_ms']:.2f} ms/frame")
         res["pipeline"] = s = bench_pipeline()
-        print(f"pipeline (256 px crops, 128^3 volume): {s['ms_per_frame_mean']:.2f} ms/frame mean, "
-              f"p95 {s['ms_per_frame_p95']:.2f} ms, {s['fps']:.0f} frames/s")
+        for key, label in (("without_resolve", "per-frame work"), ("with_resolve", "with live-angle re-solves")):
+            r = s[key]
+            print(f"pipeline (256 px crops, 128^3 volume), {label}: {r['ms_per_frame_mean']:.2f} ms/frame mean, "
+                  f"p95 {r['ms_per_frame_p95']:.2f} ms, {r['fps']:.0f} frames/s; live angle error "
+                  f"{r['live_angle_mae_deg']:.1f} deg mean, {r['live_angle_end_error_deg']:+.1f} deg at the end "
+                  f"of the {s['sweep_deg']:.0f} deg sweep ({r['resolves']} re-solves)")
+        r0, r1 = s["without_resolve"], s["with_resolve"]
+        print(f"  re-solves: throughput x{r1['fps'] / r0['fps']:.2f}, live angle error x"
+              f"{r1['live_angle_mae_deg'] / max(r0['live_angle_mae_deg'], 1e-9):.2f}")
         res["pipeline_learned"] = s = bench_pipeline_learned()
         print(f"pipeline with the YOLO detector ({s['frame_shape'][1]}x{s['frame_shape'][0]} frames, ROI {s['roi']} px, "
               f"detector on {s['detector_threads']} torch thread(s), load avg {s['load_avg_1min']}): {s['fps']:.0f} frames/s "

@@ -122,6 +122,14 @@ class IncrementalReconstructor:
     def coverage_deg(self) -> float:
         return float(max(self._angles) - min(self._angles)) if self._angles else 0.0
 
+    def continue_versions(self, after: int) -> None:
+        """Number the next snapshot after ``after``: a rebuilt reconstructor that replaces
+        another (new angles) must not publish a version its viewers have already seen."""
+        with self._lock:
+            if self._version <= after:
+                self._version = int(after) + 1
+                self._snap = None
+
     def add(self, projection: np.ndarray, angle_deg: float) -> int:
         """Add one (H, W) projection (line integrals) at ``angle_deg``; returns the new version."""
         filtered = self.filter(projection)

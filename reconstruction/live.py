@@ -14,6 +14,9 @@ FBP runs on the stored projections with the final angles and axis.
 from __future__ import annotations
 
 import dataclasses
+import logging
+import os
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +40,8 @@ from mcf_rotator.reconstruction.refinement import (
 )
 from mcf_rotator.reconstruction.segmentation import ClassicalSegmenter, Segmenter, border_level, enclosing_circle, outer_contour
 from mcf_rotator.reconstruction.tracking import RotationTracker, TrackerConfig, scale_search
+
+log = logging.getLogger(__name__)
 
 __all__ = ["LivePipelineConfig", "FrameResult", "ReconstructionResult", "LivePipeline", "VolumeSnapshot",
            "estimate_angles"]
@@ -199,6 +204,10 @@ class LivePipelineConfig:
     per_frame: bool = True  # final per-frame angles: moment fit + projection matching (no smoothness)
     match_iterations: int = 8
     min_frames: int = 20
+    # re-solve the live angles on a worker thread after this many frames, then whenever the
+    # frames have grown 1.5x (the work stays proportional to the sweep; 0: off): all tracks so
+    # far (and the mirror symmetry past 200 deg) replace the causal trace, the volume is rebuilt
+    resolve_every: int = 32
     detector: Detector | None = None
     segmenter: Segmenter | None = None
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
@@ -224,8 +233,50 @@ class ReconstructionResult:
     report: dict[str, Any]
 
 
+def _lower_thread_priority(nice: int = 10) -> None:
+    """Let the calling thread yield the CPU to the per-frame work (Linux: per-thread nice)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+    except (AttributeError, OSError):  # not Linux, or not permitted: run at normal priority
+        pass
+
+
+@dataclass
+class _Resolved:
+    """A worker's re-solve: angles of the first ``n`` frames and the volume rebuilt with them."""
+
+    n: int
+    angles_deg: np.ndarray
+    recon: IncrementalReconstructor
+
+
+def resolve_live_angles(tracker: RotationTracker, projections: list[np.ndarray], shape: tuple[int, int],
+                        filter_name: str) -> _Resolved:
+    """Angles of ``projections``' frames from all their tracks; the volume rebuilt with them.
+
+    Why: the live angle only extends the last window's orbit fit, so its scale drifts (tens to
+    a hundred degrees over a sweep). The rate from all tracks (:func:`estimate_angles` without
+    its orbit-fit rounds and per-frame stage), then, once the sweep passes 180 deg, the mirror
+    symmetry (~0.8 s for 160 frames of 128 px), before that the joint orbit fit of all tracks
+    (~0.1 s). ``tracker``: a copy no other thread touches (:meth:`RotationTracker.head`).
+    """
+    ang, ref, _info = estimate_angles(tracker, np.stack(projections), rounds=0, per_frame=False)
+    if ref is None:  # under 180 deg: no mirror pairs yet; the joint orbit fit from that rate
+        ang = np.asarray(tracker.solve(init_deg=ang), np.float64)
+    rec = IncrementalReconstructor(shape, filter_name=filter_name)
+    for p, a in zip(projections, ang):
+        rec.add(p, float(a))
+    return _Resolved(len(projections), np.asarray(ang, np.float64), rec)
+
+
 class LivePipeline:
-    """Stateful per-frame pipeline; one instance per acquisition."""
+    """Stateful per-frame pipeline; one instance per acquisition.
+
+    From ``resolve_every`` frames on, each time the frames have grown 1.5x, the live angles are
+    re-solved on a worker thread (:func:`resolve_live_angles`); when a re-solve is done the live
+    volume is replaced by its rebuild and later frames continue from its last angle (plus the
+    tracker's live steps).
+    """
 
     def __init__(self, config: LivePipelineConfig | None = None) -> None:
         self.cfg = config or LivePipelineConfig()
@@ -248,6 +299,11 @@ class LivePipeline:
         self.angles: list[float] = []
         self.timestamps: list[float] = []
         self._t_process = 0.0
+        self._shift = 0.0  # re-solved minus tracked angle at the last adopted re-solve
+        self._resolver: threading.Thread | None = None
+        self._resolved: _Resolved | BaseException | None = None
+        self.n_resolves = 0  # re-solves adopted so far
+        self._resolve_n = 0  # frames in the last re-solve started
 
     def _place_roi(self, shape: tuple[int, int], cx: float, cy: float) -> tuple[int, int, int, int]:
         r = self.cfg.roi_px
@@ -303,22 +359,72 @@ class LivePipeline:
             small, small_mask = crop, mask
         # the tracker works on the reconstruction grid: the same pixels the refinement and the
         # back-projection see, and 4x fewer than a 256 px crop
-        angle = self.tracker.update(small, small_mask)
+        angle = self.tracker.update(small, small_mask) + self._shift
         proj = -np.log(np.clip(small / self._i0, 1e-3, None)).astype(np.float32)
         self.projections.append(proj)
         self.angles.append(angle)
         self.timestamps.append(float(timestamp))
         self.recon.add(proj, angle)
+        self._adopt_resolve()
+        n_now, every = len(self.projections), self.cfg.resolve_every
+        if every > 0 and self._resolver is None and n_now >= max(every, 1.5 * self._resolve_n):
+            self._start_resolve()
         scale = crop.shape[0] / n
         feats = (self.tracker.features + 0.5) * np.float32(scale) - 0.5 + np.array([x0, y0], np.float32)
         self._t_process += time.perf_counter() - t0
         return FrameResult(idx, self._box, contour + [x0, y0], (cx + x0, cy + y0, r), feats, float(angle), True)
+
+    def _start_resolve(self) -> None:
+        """Re-solve the angles of all frames so far on a worker thread (see the class doc)."""
+        n = self._resolve_n = len(self.projections)
+        args = (self.tracker.head(n), self.projections[:n], (self.recon.h, self.recon.w), self.cfg.filter_name)
+
+        def work() -> None:
+            _lower_thread_priority()
+            try:
+                self._resolved = resolve_live_angles(*args)
+            except Exception as exc:  # noqa: BLE001 - a failed preview re-solve must not stop the run
+                self._resolved = exc
+
+        self._resolver = threading.Thread(target=work, name="angle-resolve", daemon=True)
+        self._resolver.start()
+
+    def wait_resolve(self) -> bool:
+        """Wait for a re-solve in flight and adopt it now (tests, benchmarks); True if one was."""
+        if self._resolver is None:
+            return False
+        self._resolver.join()
+        n = self.n_resolves
+        self._adopt_resolve()
+        return self.n_resolves > n
+
+    def _adopt_resolve(self) -> None:
+        """Swap in a finished re-solve: its volume, caught up with the frames added since."""
+        if self._resolver is None or self._resolver.is_alive():
+            return
+        self._resolver, done, self._resolved = None, self._resolved, None
+        if isinstance(done, BaseException) or done is None:
+            log.warning("live angle re-solve failed: %s", done)
+            return
+        tracked = self.tracker.angles_deg
+        shift = float(done.angles_deg[-1] - tracked[done.n - 1])
+        if not np.isfinite(shift):
+            return
+        rec = done.recon
+        for i in range(done.n, len(self.projections)):
+            self.angles[i] = tracked[i] + shift
+            rec.add(self.projections[i], self.angles[i])
+        self.angles[: done.n] = list(done.angles_deg)
+        rec.continue_versions(self.recon.version)
+        self.recon, self._shift = rec, shift
+        self.n_resolves += 1
 
     def snapshot(self) -> VolumeSnapshot | None:
         return self.recon.snapshot()
 
     def finalize(self, angles_deg: np.ndarray | None = None) -> ReconstructionResult:
         """Final angles (track fit + mirror symmetry), batch FBP; ``angles_deg`` overrides them."""
+        self._resolver = None  # a preview re-solve still in flight is dropped: the final angles replace it
         n_used = len(self.projections)
         if n_used < self.cfg.min_frames:
             raise ReconstructionError(f"only {n_used} frames with a cell; need at least {self.cfg.min_frames}")

@@ -32,6 +32,7 @@ the mirror refinement (``live.estimate_angles``).
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import cv2
@@ -404,6 +405,16 @@ class RotationTracker:
     @property
     def n_tracks(self) -> int:
         return self._next_id
+
+    def head(self, n: int) -> RotationTracker:
+        """A copy holding the first ``n`` frames, to :meth:`solve` on another thread while this
+        one goes on tracking (frame records are shared read-only; lists and stats are copied)."""
+        t = copy.copy(self)
+        t.frames = self.frames[:n]
+        t.angles_deg = list(self.angles_deg[:n])
+        t._tilt_stats = self._tilt_stats.copy()
+        t._models = dict(self._models)
+        return t
 
     # ------------------------------------------------------------------ image
     def _prepare(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
