@@ -914,7 +914,8 @@ class RigController:
                     meta["slm_angle_deg"] = float(rot.angle_deg)
                     if self._sequencer is not None and hasattr(self._sequencer, "step_index"):
                         meta["hologram_id"] = int(self._sequencer.step_index(rot.angle_deg))
-                    for key in ("true_angle_deg", "sim_time_s"):
+                    # the simulator's truth, kept for scoring a run (demo) and studying the pipeline
+                    for key in ("true_angle_deg", "sim_time_s", "cell_centre_px"):
                         if key in frame.metadata:
                             meta[key] = frame.metadata[key]
                     frame.metadata["record_index"] = rec.write(frame.image, frame.timestamp, **meta)

@@ -37,6 +37,7 @@ def test_headless_demo_writes_every_output(tmp_path: Path) -> None:
     assert rows[0] == ["frame", "angle_deg"] and float(rows[1][1]) == 0.0
     frames, meta = open_recording(out / "recording.ome.tif")
     assert 100 <= len(frames) <= 200 and all("true_angle_deg" in m and "slm_angle_deg" in m for m in meta)
+    assert all(len(m["cell_centre_px"]) == 2 for m in meta)  # the simulator's truth, for studying drift
     report = json.loads((out / "report.json").read_text())
     assert report["demo"]["frames_recorded"] == len(frames) and report["n_projections"] == len(rows) - 1
     assert report["demo"]["true_coverage_deg"] >= 300  # the calibrated simulated trap really turned the cell
