@@ -38,7 +38,9 @@ def run(args: argparse.Namespace) -> int:
         raise ReconstructionError(f"{args.angles}: {known.size} angles for {frames.shape[0]} frames in {args.input}")
     roi = args.roi or min(256, min(frames.shape[1:3]))
     size = min(args.size, roi)
-    cfg = LivePipelineConfig(roi_px=roi, volume_size=size, cell_px=args.cell_px, direction=args.direction)
+    # offline: no live view to sharpen, so no background re-solves of the live angles
+    cfg = LivePipelineConfig(roi_px=roi, volume_size=size, cell_px=args.cell_px, direction=args.direction,
+                             resolve_every=0)
     pipe = LivePipeline(cfg)
     used = []
     for i, f in enumerate(frames):
