@@ -202,6 +202,7 @@ def bench_pipeline_learned(n_frames: int = 150, threads: int = 2, detector_threa
     for i, f in enumerate(frames[10:], start=10):
         ok += pipe.process(f, i / cfg.camera.frame_rate_hz).ok
     total = time.perf_counter() - t0
+    pipe.close()  # a live-angle re-solve in flight (it runs beside the frames, as in the application)
     n_det, t_det = pipe.n_detections - n0, pipe.detect_seconds - d0
     return {"frames": n_frames, "frame_shape": [int(h), int(w)], "roi": roi, "volume": 128, "threads": threads,
             "detector_threads": detector_threads,

@@ -1026,6 +1026,9 @@ class RigController:
                     self._info(f"no volume: {exc}", "warning")
             else:
                 self._info("run cancelled: recording kept, no reconstruction", "warning")
+                close = getattr(self._pipeline, "close", None)
+                if close is not None:
+                    close()  # background work of the live pipeline (angle re-solves)
                 result.error = "cancelled"
             result.recording = self._close_recording()
             result.report.setdefault("recording", str(result.recording.path) if result.recording else None)

@@ -251,7 +251,7 @@ class _Resolved:
 
 
 def resolve_live_angles(tracker: RotationTracker, projections: list[np.ndarray], shape: tuple[int, int],
-                        filter_name: str) -> _Resolved:
+                        filter_name: str, cancel: threading.Event | None = None) -> _Resolved | None:
     """Angles of ``projections``' frames from all their tracks; the volume rebuilt with them.
 
     Why: the live angle only extends the last window's orbit fit, so its scale drifts (tens to
@@ -259,12 +259,16 @@ def resolve_live_angles(tracker: RotationTracker, projections: list[np.ndarray],
     its orbit-fit rounds and per-frame stage), then, once the sweep passes 180 deg, the mirror
     symmetry (~0.8 s for 160 frames of 128 px), before that the joint orbit fit of all tracks
     (~0.1 s). ``tracker``: a copy no other thread touches (:meth:`RotationTracker.head`).
+    ``cancel`` set: returns None at the next stage boundary.
     """
+    cancelled = cancel.is_set if cancel is not None else (lambda: False)
     ang, ref, _info = estimate_angles(tracker, np.stack(projections), rounds=0, per_frame=False)
-    if ref is None:  # under 180 deg: no mirror pairs yet; the joint orbit fit from that rate
+    if ref is None and not cancelled():  # under 180 deg: no mirror pairs; the orbit fit from that rate
         ang = np.asarray(tracker.solve(init_deg=ang), np.float64)
     rec = IncrementalReconstructor(shape, filter_name=filter_name)
     for p, a in zip(projections, ang):
+        if cancelled():
+            return None
         rec.add(p, float(a))
     return _Resolved(len(projections), np.asarray(ang, np.float64), rec)
 
@@ -302,6 +306,7 @@ class LivePipeline:
         self._shift = 0.0  # re-solved minus tracked angle at the last adopted re-solve
         self._resolver: threading.Thread | None = None
         self._resolved: _Resolved | BaseException | None = None
+        self._cancel_resolve = threading.Event()
         self.n_resolves = 0  # re-solves adopted so far
         self._resolve_n = 0  # frames in the last re-solve started
 
@@ -377,7 +382,8 @@ class LivePipeline:
     def _start_resolve(self) -> None:
         """Re-solve the angles of all frames so far on a worker thread (see the class doc)."""
         n = self._resolve_n = len(self.projections)
-        args = (self.tracker.head(n), self.projections[:n], (self.recon.h, self.recon.w), self.cfg.filter_name)
+        args = (self.tracker.head(n), self.projections[:n], (self.recon.h, self.recon.w), self.cfg.filter_name,
+                self._cancel_resolve)
 
         def work() -> None:
             _lower_thread_priority()
@@ -386,7 +392,8 @@ class LivePipeline:
             except Exception as exc:  # noqa: BLE001 - a failed preview re-solve must not stop the run
                 self._resolved = exc
 
-        self._resolver = threading.Thread(target=work, name="angle-resolve", daemon=True)
+        # not a daemon: a thread killed at interpreter exit inside native code aborts the process
+        self._resolver = threading.Thread(target=work, name="angle-resolve")
         self._resolver.start()
 
     def wait_resolve(self) -> bool:
@@ -398,12 +405,23 @@ class LivePipeline:
         self._adopt_resolve()
         return self.n_resolves > n
 
+    def close(self) -> None:
+        """Stop a re-solve in flight (it ends at its next stage boundary, well under a second
+        for the rebuild, a stage of the angle solve otherwise) and wait for it."""
+        if self._resolver is not None:
+            self._cancel_resolve.set()
+            self._resolver.join()
+            self._resolver, self._resolved = None, None
+            self._cancel_resolve.clear()
+
     def _adopt_resolve(self) -> None:
         """Swap in a finished re-solve: its volume, caught up with the frames added since."""
         if self._resolver is None or self._resolver.is_alive():
             return
         self._resolver, done, self._resolved = None, self._resolved, None
-        if isinstance(done, BaseException) or done is None:
+        if done is None:
+            return
+        if isinstance(done, BaseException):
             log.warning("live angle re-solve failed: %s", done)
             return
         tracked = self.tracker.angles_deg
@@ -424,7 +442,7 @@ class LivePipeline:
 
     def finalize(self, angles_deg: np.ndarray | None = None) -> ReconstructionResult:
         """Final angles (track fit + mirror symmetry), batch FBP; ``angles_deg`` overrides them."""
-        self._resolver = None  # a preview re-solve still in flight is dropped: the final angles replace it
+        self.close()  # a preview re-solve still in flight is dropped: the final angles replace it
         n_used = len(self.projections)
         if n_used < self.cfg.min_frames:
             raise ReconstructionError(f"only {n_used} frames with a cell; need at least {self.cfg.min_frames}")

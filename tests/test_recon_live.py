@@ -100,6 +100,20 @@ def test_a_failed_resolve_leaves_the_live_angles(monkeypatch):
     assert pipe._shift == 0.0 and pipe.angles[0] == 0.0  # the live angles as tracked
 
 
+def test_finalize_stops_a_resolve_in_flight():
+    import threading
+
+    ang, imgs = frames(40)
+    pipe = LivePipeline(LivePipelineConfig(roi_px=96, volume_size=96, cell_px=76.0, nominal_step_deg=2.0))
+    for i, img in enumerate(imgs[:33]):
+        pipe.process(img, float(i))
+    assert pipe._resolver is not None  # started at frame 32
+    res = pipe.finalize()
+    assert not any(t.name == "angle-resolve" and t.is_alive() for t in threading.enumerate())
+    assert len(res.angles_deg) == 33
+    pipe.close()  # idempotent
+
+
 def test_finalize_needs_frames():
     pipe = LivePipeline(LivePipelineConfig(roi_px=96, volume_size=96, cell_px=76.0))
     with pytest.raises(ReconstructionError, match="frames"):
