@@ -310,6 +310,7 @@ class RigController:
         self._processed_record_idx: list[int] = []
         # recording index of every frame that got an angle (the pipeline keeps only those)
         self._traced_record_idx: list[int] = []
+        self._resolves_seen = 0  # live-angle re-solves of the pipeline reflected in the trace
         self._frame_times: deque[float] = deque(maxlen=60)
         self._frames_read = 0
         self._coverage = 0.0
@@ -774,6 +775,7 @@ class RigController:
         self._trace_t, self._trace_a = [], []
         self._processed_record_idx = []
         self._traced_record_idx = []
+        self._resolves_seen = 0
         self._frame_times.clear()
         self._frames_read = 0
         self._coverage = 0.0
@@ -962,6 +964,8 @@ class RigController:
                     self._traced_record_idx.append(rec_idx)
                     if self._recorder is not None and rec_idx >= 0:
                         self._recorder.annotate(rec_idx, tracked_angle_deg=float(angle))
+                if getattr(self._pipeline, "n_resolves", 0) != self._resolves_seen:
+                    self._adopt_resolved_angles()
                 self._update_snapshot()
                 if self._coverage >= target and self._commanded_coverage() >= COMMAND_MARGIN * target:
                     self._info(f"coverage {self._coverage:.0f} deg reached")
@@ -970,6 +974,15 @@ class RigController:
             self._on_thread_error(f"reconstruction: {_describe(exc)}")
             return
         self._finish(cancelled)
+
+    def _adopt_resolved_angles(self) -> None:
+        """The pipeline re-solved its live angles: the angle trace and the coverage follow them
+        (the coverage may drop: the causal estimate it replaces can run ahead of the cell)."""
+        self._resolves_seen = getattr(self._pipeline, "n_resolves", 0)
+        angles = [float(a) for a in getattr(self._pipeline, "angles", [])]
+        if angles and len(angles) == len(self._trace_a):
+            self._trace_a = angles  # a new list: readers of the old one see a consistent trace
+            self._coverage = abs(angles[-1] - angles[0])
 
     def _commanded_coverage(self) -> float:
         """How far the ellipse has been turned this run (inf when the rig has no rotation driver).

@@ -91,6 +91,33 @@ def test_angles_name_the_recorded_frames_when_some_frames_had_no_cell(tmp_path: 
     assert sum("tracked_angle_deg" not in m for m in meta[: int(rows[-1][0])]) > 0  # gaps were skipped
 
 
+class _ResolvingPipeline(FakePipeline):
+    """At frame 50 it finds the cell turned half as far as it said (as a live re-solve does)."""
+
+    n_resolves = 0
+
+    def process(self, image: np.ndarray, timestamp: float) -> FakeResult:
+        r = super().process(image, timestamp)
+        if self.n == 50:
+            self.deg_per_frame /= 2
+            self.angles = [a / 2 for a in self.angles]
+            self.n_resolves += 1
+            r = FakeResult(r.index, self.angles[-1])
+        elif self.n > 50:
+            self.angles[-1] = self.angles[-2] + self.deg_per_frame
+            r = FakeResult(r.index, self.angles[-1])
+        return r
+
+
+def test_trace_and_coverage_follow_a_resolve_of_the_live_angles(tmp_path: Path) -> None:
+    ctl, pipe = _controller(tmp_path, pipeline=_ResolvingPipeline())
+    ctl.run_all(trap_timeout_s=10, timeout_s=60)
+    _t, trace = ctl.angle_trace()
+    np.testing.assert_allclose(trace, pipe.angles)
+    # 360 deg at the re-solved 1 deg/frame, not at the 2 deg/frame said before it
+    assert pipe.n >= 360 and ctl.stats()["coverage_deg"] == pytest.approx(pipe.angles[-1] - pipe.angles[0])
+
+
 def test_save_volume_and_angles_give_the_final_result_after_a_run(tmp_path: Path) -> None:
     ctl, pipe = _controller(tmp_path)
     with pytest.raises(McfRotatorError, match="no volume"):
