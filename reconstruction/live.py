@@ -206,7 +206,7 @@ class LivePipelineConfig:
     min_frames: int = 20
     # re-solve the live angles on a worker thread after this many frames, then whenever the
     # frames have grown 1.5x (the work stays proportional to the sweep; 0: off): all tracks so
-    # far (and the mirror symmetry past 200 deg) replace the causal trace, the volume is rebuilt
+    # far (and the mirror symmetry past 180 deg) replace the causal trace, the volume is rebuilt
     resolve_every: int = 32
     detector: Detector | None = None
     segmenter: Segmenter | None = None
