@@ -1069,7 +1069,7 @@ class RigController:
         self.events.finished.emit(result)
 
     def _publish_final_volume(self, recon: Any) -> None:
-        """Show the final volume (refined angles) instead of the live one, a version later.
+        """Show the final volume and angles (refined) instead of the live ones, a version later.
 
         The live volume was back-projected at the causal tracked angles, which drift by tens of
         degrees over a sweep; the view and the Save buttons must show what the run folder holds.
@@ -1081,6 +1081,9 @@ class RigController:
         version = int(getattr(live, "version", 0) or 0) + 1
         self._snapshot = VolumeSnapshot(version, np.asarray(recon.volume, np.float32), int(angles.size),
                                         float(np.ptp(angles)) if angles.size else 0.0)
+        if angles.size and angles.size == len(self._trace_a):  # the angle plot shows the refined angles
+            self._trace_a = [float(a) for a in angles]
+            self._coverage = float(np.ptp(angles))
         self._last_volume_emit = time.monotonic()
         self.events.volume_updated.emit(version)
 

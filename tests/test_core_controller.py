@@ -17,7 +17,7 @@ from mcf_rotator.controller import InvalidTransitionError, RigController, RigSta
 from mcf_rotator.errors import McfRotatorError
 from mcf_rotator.recording import open_recording
 
-from test_core_support import FakePipeline, FakeResult, FakeSequencer, fake_rig
+from test_core_support import FakePipeline, FakeRecon, FakeResult, FakeSequencer, fake_rig
 
 
 def _controller(tmp_path: Path, pipeline: FakePipeline | None = None, fail_after: int | None = None,
@@ -116,6 +116,21 @@ def test_trace_and_coverage_follow_a_resolve_of_the_live_angles(tmp_path: Path) 
     np.testing.assert_allclose(trace, pipe.angles)
     # 360 deg at the re-solved 1 deg/frame, not at the 2 deg/frame said before it
     assert pipe.n >= 360 and ctl.stats()["coverage_deg"] == pytest.approx(pipe.angles[-1] - pipe.angles[0])
+
+
+class _RefiningPipeline(FakePipeline):
+    """Its final angles differ from the live ones (the cell turned 10 % less)."""
+
+    def finalize(self) -> FakeRecon:
+        rec = super().finalize()
+        return FakeRecon(rec.volume, 0.9 * rec.angles_deg)
+
+
+def test_angle_plot_shows_the_refined_angles_after_a_run(tmp_path: Path) -> None:
+    ctl, pipe = _controller(tmp_path, pipeline=_RefiningPipeline())
+    result = ctl.run_all(trap_timeout_s=10, timeout_s=60)
+    np.testing.assert_allclose(ctl.angle_trace()[1], 0.9 * np.asarray(pipe.angles))
+    assert ctl.stats()["coverage_deg"] == pytest.approx(np.ptp(result.reconstruction.angles_deg))
 
 
 def test_save_volume_and_angles_give_the_final_result_after_a_run(tmp_path: Path) -> None:
