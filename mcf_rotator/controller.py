@@ -1030,7 +1030,7 @@ class RigController:
             if not cancelled:
                 try:
                     self._info("finalising the reconstruction (angle refinement)")
-                    recon = self._pipeline.finalize()
+                    recon = self._pipeline.finalize(progress=lambda step: self._info(f"final angles: {step}"))
                     result.reconstruction = recon
                     self._publish_final_volume(recon)
                     self._write_outputs(result, recon)

@@ -19,7 +19,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import cv2
 import numpy as np
@@ -57,6 +57,7 @@ def estimate_angles(
     min_match: float = 0.85,
     clear_gain: float = 0.02,
     shift_px: float = 2.0,
+    progress: Callable[[str], None] | None = None,
 ) -> tuple[np.ndarray, Refinement | None, dict[str, Any]]:
     """Angles of a finished sweep: track fit and mirror symmetry, alternated.
 
@@ -75,7 +76,8 @@ def estimate_angles(
     one last matching pass that moves every frame, frame 0 included, to its best match (frame
     0's own error would shift every reported angle). Sweeps under 180 deg skip the mirror and
     per-frame steps.
-    ``projections`` (T, H, W) line integrals of the same frames the tracker saw.
+    ``projections`` (T, H, W) line integrals of the same frames the tracker saw. ``progress``
+    is called with the name of each step as it starts (they take seconds: shown to the operator).
     Returns (angles deg, last refinement or None, info).
     """
     n = len(tracker.angles_deg)
@@ -87,10 +89,13 @@ def estimate_angles(
     if u.size < 10:
         info["flags"].append("too few feature observations; angles from the live estimate")
         return live, None, info
+    step = progress or (lambda _name: None)
+    step("rotation rate from all tracks")
     g = scale_search(k, f, u, trace, 0.1, 10.0, 241)
     info["rate_deg_per_frame"] = g
     ang = trace * g
     ref: Refinement | None = None
+    step("mirror symmetry: axis, tilt, angle scale")
     try:
         ref = refine_angles(projections, ang, smooth=smooth)
         ang = ref.angles_deg
@@ -98,7 +103,8 @@ def estimate_angles(
         info["flags"].append(f"mirror refinement skipped: {exc}")
     starts = [(ang, ref)]  # every round's mirror-refined angles and geometry: per-frame starts
     cur_ref, cur = ref, ang
-    for _ in range(rounds):
+    for r in range(rounds):
+        step(f"joint orbit fit, round {r + 1} of {rounds}")
         fit = tracker.solve(tilt_deg=cur_ref.tilt_deg if cur_ref else None, init_deg=cur)
         if cur_ref is None:
             ang = fit
@@ -121,6 +127,7 @@ def estimate_angles(
         cur_ref, cur = nref, nref.angles_deg
     if ref is not None:
         # the 180 deg-periodic warp that the mirror pairs cannot see, from the rows' centroids
+        step("180 deg-periodic warp")
         try:
             ang, pw = periodic_warp(projections, ang, ref.axis_offset_px, ref.tilt_deg)
             info["periodic_warp"] = {"harmonics": pw["harmonics"], "amplitude_deg": pw["amplitude_deg"]}
@@ -132,6 +139,7 @@ def estimate_angles(
         # angles wander) and the mirror pairs, measured from the images alone, agree better
         # too or the match gains clearly (``clear_gain``): a guard against a search that locked
         # on wrong minima. The fine per-frame correction is the last pass below.
+        step("per-frame angles: projection moments and matching")
         off, tilt = ref.axis_offset_px, ref.tilt_deg
         base = match_score(projections, ang, off, tilt)
         # coarse (low order, wide search: the start may be off by tens of degrees where the
@@ -169,6 +177,7 @@ def estimate_angles(
             # matched views (frame by frame a shift trades against the angle, so only the median
             # is used), then one matching pass in which every frame, frame 0 included, moves to
             # its best match
+            step("axis fine-tune and last matching pass")
             _, probe = match_projections(projections, ang, ref.axis_offset_px, ref.tilt_deg, iterations=1,
                                          shift_px=shift_px)
             shift = float(np.median(probe["shifts"]))
@@ -440,8 +449,12 @@ class LivePipeline:
     def snapshot(self) -> VolumeSnapshot | None:
         return self.recon.snapshot()
 
-    def finalize(self, angles_deg: np.ndarray | None = None) -> ReconstructionResult:
-        """Final angles (track fit + mirror symmetry), batch FBP; ``angles_deg`` overrides them."""
+    def finalize(self, angles_deg: np.ndarray | None = None,
+                 progress: Callable[[str], None] | None = None) -> ReconstructionResult:
+        """Final angles (track fit + mirror symmetry), batch FBP; ``angles_deg`` overrides them.
+
+        ``progress`` is called with the name of each step as it starts (see :func:`estimate_angles`).
+        """
         self.close()  # a preview re-solve still in flight is dropped: the final angles replace it
         n_used = len(self.projections)
         if n_used < self.cfg.min_frames:
@@ -454,7 +467,7 @@ class LivePipeline:
             ang = np.asarray(angles_deg, np.float64)
         elif self.cfg.refine:
             ang, ref, info = estimate_angles(self.tracker, proj, smooth=self.cfg.smooth, per_frame=self.cfg.per_frame,
-                                             match_iterations=self.cfg.match_iterations)
+                                             match_iterations=self.cfg.match_iterations, progress=progress)
             report["flags"] += info.pop("flags")
             report.update(info)
             if ref is not None:
@@ -467,6 +480,8 @@ class LivePipeline:
         if coverage < 180.0:
             report["flags"].append(f"partial: angle coverage {coverage:.1f} deg < 180 deg (limited-angle artefacts)")
         weights = "circular" if coverage >= 180.0 else "trapezoid"
+        if progress is not None:
+            progress("filtered back-projection")
         vol = fbp(proj, ang, axis_offset_px=offset, tilt_deg=tilt, filter_name=self.cfg.filter_name, weights=weights)
         report.update(
             coverage_deg=coverage,

@@ -7,6 +7,7 @@ import json
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -45,12 +46,14 @@ def test_full_run_transitions_and_outputs(tmp_path: Path) -> None:
     finished: list = []
     ctl.events.state_changed.connect(lambda old, new: states.append((old, new)))
     ctl.events.finished.connect(finished.append)
+    messages: list[tuple[str, str]] = []
+    ctl.events.message.connect(lambda level, text: messages.append((level, text)))
     result = ctl.run_all(trap_timeout_s=10, timeout_s=60)
     assert ctl.state == RigState.IDLE
     assert [s[1] for s in states] == [RigState.TRAPPING, RigState.ROTATING, RigState.RECONSTRUCTING,
                                       RigState.FINISHING, RigState.IDLE]
     assert finished and finished[0] is result and result.error is None
-    assert pipe.finalized
+    assert pipe.finalized and ("info", "final angles: fake angle step") in messages
     vol = tifffile.imread(result.volume_path)
     assert vol.shape == (6, 6, 6) and vol.dtype.name == "float32"
     rows = list(csv.reader(open(result.angles_path)))
@@ -121,8 +124,8 @@ def test_trace_and_coverage_follow_a_resolve_of_the_live_angles(tmp_path: Path) 
 class _RefiningPipeline(FakePipeline):
     """Its final angles differ from the live ones (the cell turned 10 % less)."""
 
-    def finalize(self) -> FakeRecon:
-        rec = super().finalize()
+    def finalize(self, progress: Any = None) -> FakeRecon:
+        rec = super().finalize(progress)
         return FakeRecon(rec.volume, 0.9 * rec.angles_deg)
 
 

@@ -168,8 +168,10 @@ class FakePipeline:
             return None
         return FakeSnapshot(self.n, np.zeros((4, 4, 4), np.float32), self.n, self.angles[-1] - self.angles[0])
 
-    def finalize(self) -> FakeRecon:
+    def finalize(self, progress: Any = None) -> FakeRecon:
         self.finalized = True
+        if progress is not None:
+            progress("fake angle step")
         if len(self.angles) < 3 or self.angles[-1] < 180:
             raise ReconstructionError(f"coverage {self.angles[-1] if self.angles else 0:.0f} deg < 180 deg")
         return FakeRecon(np.ones((6, 6, 6), np.float32), np.asarray(self.angles))

@@ -127,7 +127,10 @@ def test_full_sweep_angles_and_volume():
                                            filter_name="hann"))
     for i, img in enumerate(imgs):
         assert pipe.process(img, float(i)).ok
-    res = pipe.finalize()
+    steps: list[str] = []
+    res = pipe.finalize(progress=steps.append)
+    assert steps[0] == "rotation rate from all tracks" and steps[-1] == "filtered back-projection"
+    assert "180 deg-periodic warp" in steps and "axis fine-tune and last matching pass" in steps
     err = np.abs(res.angles_deg - ang)
     assert err.mean() < 2.0, err.mean()
     assert res.tilt_deg == pytest.approx(0.8, abs=0.3)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +29,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _frames_with_progress(frames: np.ndarray, name: str) -> Iterable[np.ndarray]:
+    """The frames, with a progress bar on stderr where tqdm is installed."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return frames
+    return tqdm(frames, desc=name, unit="frame", mininterval=1.0, leave=False)
+
+
 def run(args: argparse.Namespace) -> int:
     from mcf_rotator.reconstruction.io import read_angles, read_stack, write_angles, write_volume
     from mcf_rotator.reconstruction.live import LivePipeline, LivePipelineConfig
@@ -43,12 +54,14 @@ def run(args: argparse.Namespace) -> int:
                              resolve_every=0)
     pipe = LivePipeline(cfg)
     used = []
-    for i, f in enumerate(frames):
+    # progress on stderr (stdout keeps the result lines): frames, then the steps of the final angles
+    for i, f in enumerate(_frames_with_progress(frames, args.input.name)):
         if pipe.process(f, float(i)).ok:
             used.append(i)
     if not used:
         raise ReconstructionError(f"{args.input}: no cell found in any of {frames.shape[0]} frames")
-    result = pipe.finalize(None if known is None else known[used])
+    result = pipe.finalize(None if known is None else known[used],
+                           progress=lambda step: print(f"final angles: {step}", file=sys.stderr, flush=True))
     voxel = args.pixel_size * roi / size if args.pixel_size else None
     write_volume(args.output, result.volume, voxel)
     angles = np.full(frames.shape[0], np.nan)
