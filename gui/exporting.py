@@ -20,21 +20,14 @@ def save_volume(controller: Any, path: Path) -> Path:
     snap = controller.volume_snapshot()
     if snap is None:
         raise McfRotatorError("no volume yet - reconstruct first")
-    import tifffile
+    from mcf_rotator.reconstruction.io import write_volume
 
-    vol = np.asarray(snap.volume, dtype=np.float32)
     try:
         voxel_um = float(controller.config.optics.object_pixel_um)
     except Exception:
         voxel_um = 1.0
     path.parent.mkdir(parents=True, exist_ok=True)
-    tifffile.imwrite(
-        path,
-        vol,
-        imagej=True,
-        resolution=(1.0 / voxel_um, 1.0 / voxel_um),
-        metadata={"spacing": voxel_um, "unit": "um", "axes": "ZYX"},
-    )
+    write_volume(path, snap.volume, voxel_um)
     return path
 
 

@@ -21,7 +21,6 @@ Threads (no signal per frame crosses them; the GUI pulls):
 
 from __future__ import annotations
 
-import csv
 import enum
 import json
 import logging
@@ -211,24 +210,6 @@ def volume_voxel_um(config: RigConfig, pipeline: Any, recon: Any) -> float:
     if roi and size:
         return float(config.optics.object_pixel_um * roi / size)
     return float(config.optics.object_pixel_um)
-
-
-def write_volume_tiff(path: Path, volume: np.ndarray, voxel_um: float) -> None:
-    """ImageJ-readable float32 (Z, Y, X) stack with the voxel size in micrometres."""
-    import tifffile
-
-    tifffile.imwrite(path, np.asarray(volume, np.float32), imagej=True,
-                     resolution=(1.0 / voxel_um, 1.0 / voxel_um),
-                     metadata={"spacing": voxel_um, "unit": "um", "axes": "ZYX"})
-
-
-def write_angles_csv(path: Path, frames: list[int], angles: np.ndarray) -> None:
-    """``frame,angle_deg`` rows, one per reconstructed frame."""
-    with open(path, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["frame", "angle_deg"])
-        for f, a in zip(frames, angles):
-            w.writerow([int(f), f"{a:.4f}"])
 
 
 def default_hologram_generator(config: RigConfig, geometry: Any) -> Any:
@@ -681,9 +662,11 @@ class RigController:
             if snap is None:
                 raise McfRotatorError("no volume yet - reconstruct first")
             volume = snap.volume
+        from mcf_rotator.reconstruction.io import write_volume
+
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_volume_tiff(path, volume, volume_voxel_um(self.config, self._pipeline, recon))
+        write_volume(path, volume, volume_voxel_um(self.config, self._pipeline, recon))
         return path
 
     def save_angles(self, path: str | Path) -> Path:
@@ -696,9 +679,11 @@ class RigController:
             _t, angles = self.angle_trace()
             if angles.size == 0:
                 raise McfRotatorError("no tracked angles yet")
+        from mcf_rotator.reconstruction.io import write_angles
+
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_angles_csv(path, self._record_frames(len(angles)), angles)
+        write_angles(path, angles, self._record_frames(len(angles)))
         return path
 
     def _record_frames(self, n: int) -> list[int]:
@@ -1088,14 +1073,16 @@ class RigController:
         self.events.volume_updated.emit(version)
 
     def _write_outputs(self, result: RunResult, recon: Any) -> None:
+        from mcf_rotator.reconstruction.io import write_angles, write_volume
+
         run_dir = result.run_dir
         voxel_um = volume_voxel_um(self.config, self._pipeline, recon)
         result.volume_path = run_dir / "volume.tif"
-        write_volume_tiff(result.volume_path, recon.volume, voxel_um)
+        write_volume(result.volume_path, recon.volume, voxel_um)
         angles = np.asarray(recon.angles_deg, float)
         frames = self._record_frames(len(angles))
         result.angles_path = run_dir / "angles.csv"
-        write_angles_csv(result.angles_path, frames, angles)
+        write_angles(result.angles_path, angles, frames)
         if self._recorder is not None and len(frames) == len(angles):
             for f, a in zip(frames, angles):
                 self._recorder.annotate(int(f), refined_angle_deg=float(a))

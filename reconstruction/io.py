@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -53,12 +54,13 @@ def read_angles(path: str | Path) -> np.ndarray:
     return np.array([a for _, a in pairs])
 
 
-def write_angles(path: str | Path, angles_deg: np.ndarray) -> None:
+def write_angles(path: str | Path, angles_deg: np.ndarray, frames: Sequence[int] | None = None) -> None:
+    """``frame,angle_deg`` rows; ``frames`` names each angle's frame (default 0, 1, ...)."""
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["frame", "angle_deg"])
-        for i, a in enumerate(angles_deg):
-            w.writerow([i, f"{a:.4f}"])
+        for i, a in zip(range(len(angles_deg)) if frames is None else frames, angles_deg):
+            w.writerow([int(i), f"{a:.4f}"])
 
 
 def write_volume(path: str | Path, volume: np.ndarray, voxel_um: float | None = None) -> None:
