@@ -252,9 +252,9 @@ def _lower_thread_priority(nice: int = 10) -> None:
 
 @dataclass
 class _Resolved:
-    """A worker's re-solve: angles of the first ``n`` frames and the volume rebuilt with them."""
+    """A worker's re-solve: angles of the first ``len(angles_deg)`` frames and the volume rebuilt
+    with them."""
 
-    n: int
     angles_deg: np.ndarray
     recon: IncrementalReconstructor
 
@@ -279,7 +279,7 @@ def resolve_live_angles(tracker: RotationTracker, projections: list[np.ndarray],
         if cancelled():
             return None
         rec.add(p, float(a))
-    return _Resolved(len(projections), np.asarray(ang, np.float64), rec)
+    return _Resolved(np.asarray(ang, np.float64), rec)
 
 
 class LivePipeline:
@@ -433,15 +433,15 @@ class LivePipeline:
         if isinstance(done, BaseException):
             log.warning("live angle re-solve failed: %s", done)
             return
-        tracked = self.tracker.angles_deg
-        shift = float(done.angles_deg[-1] - tracked[done.n - 1])
+        tracked, n = self.tracker.angles_deg, len(done.angles_deg)
+        shift = float(done.angles_deg[-1] - tracked[n - 1])
         if not np.isfinite(shift):
             return
         rec = done.recon
-        for i in range(done.n, len(self.projections)):
+        for i in range(n, len(self.projections)):
             self.angles[i] = tracked[i] + shift
             rec.add(self.projections[i], self.angles[i])
-        self.angles[: done.n] = list(done.angles_deg)
+        self.angles[:n] = list(done.angles_deg)
         rec.continue_versions(self.recon.version)
         self.recon, self._shift = rec, shift
         self.n_resolves += 1
