@@ -70,9 +70,16 @@ def main(argv: list[str] | None = None) -> int:
               f"cell spans {r['cell_span']:.2f} of the crop")
         if r["flags"]:
             print(f"  flags: {'; '.join(r['flags'])}")
-        pw = r.get("angle_stages", {}).get("periodic_warp")
-        if pw:
-            print(f"  180-deg-periodic warp removed: {pw['harmonics']} harmonics, amplitude {pw['amplitude_deg']:.2f} deg")
+        stages = r.get("angle_stages", {})
+        for m in stages.get("orbit_fits", []):
+            pw = m.get("periodic_warp", {})
+            warp = f"{pw['harmonics']} harmonics, {pw['amplitude_deg']:.2f} deg" if pw else "none"
+            mres = m["mirror_residual_deg"]
+            print(f"  orbit fit, slice-centroid weight {m['band_weight']:g}: periodic warp removed {warp}; "
+                  f"mirror residual {'-' if mres is None else f'{mres:.3f} deg'}; "
+                  f"{'averaged' if m['averaged'] else 'left out'}")
+        if "orbit_fit_spread_deg" in stages:
+            print(f"  spread of the averaged orbit fits: {stages['orbit_fit_spread_deg']:.2f} deg")
         for k, v in a.items():
             print(f"  angles {k:12s} mean |err| {v['mean_abs_deg']:.3f} deg  max {v['max_abs_deg']:.2f}  rms {v['rms_deg']:.3f}")
         jit = r["angles_under_jitter"]["mean_abs_deg"]

@@ -127,7 +127,7 @@ def bench_angles_and_volume(n_frames: int, size: int, seed: int, epc: float, pha
                  "offset_px": ref.axis_offset_px if ref else None, "tilt_deg": ref.tilt_deg if ref else None},
         "angles_under_jitter": {"px": jitter_px, "mean_abs_deg": jitter},
         "flags": info["flags"],
-        "angle_stages": {k: info[k] for k in ("rate_deg_per_frame", "periodic_warp", "per_frame", "axis_shift_px") if k in info},
+        "angle_stages": {k: info[k] for k in ("rate_deg_per_frame", "orbit_fits", "orbit_fit_spread_deg", "per_frame", "axis_shift_px") if k in info},
     }
     truth = ph.voxelize(size, voxel_um=voxel)
     vols = {

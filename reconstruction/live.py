@@ -47,6 +47,69 @@ __all__ = ["LivePipelineConfig", "FrameResult", "ReconstructionResult", "LivePip
            "estimate_angles"]
 
 
+@dataclass
+class _OrbitFit:
+    """One member of the orbit-fit ensemble in :func:`estimate_angles`."""
+
+    band_weight: float
+    angles: np.ndarray
+    ref: Refinement | None
+    starts: list[tuple[np.ndarray, Refinement]]  # every round's mirror-refined angles and geometry
+    rounds_kept: int
+    warp: dict[str, Any]
+
+
+def _orbit_rounds(tracker: RotationTracker, projections: np.ndarray, ang: np.ndarray, ref: Refinement | None,
+                  rounds: int, smooth: float, band_weight: float, step: Callable[[str], None],
+                  flags: list[str]) -> _OrbitFit:
+    """Joint orbit fit and mirror refinement, alternated ``rounds`` times from the mirror-refined
+    rate trace, then the 180 deg-periodic warp (steps 3-4 of :func:`estimate_angles`).
+
+    A round's angles replace the kept ones only if they agree better with the kept refinement's
+    mirror pairs (found from the images): short optical-flow tracks can pull the fit off. The
+    rounds go on from the latest fit either way (per-frame starts). ``flags`` gets what went
+    wrong (each message once).
+    """
+    def flag(msg: str) -> None:
+        if msg not in flags:
+            flags.append(msg)
+
+    starts = [(ang, ref)] if ref is not None else []
+    cur_ref, cur = ref, ang
+    kept = 0
+    tag = f" (slice-centroid weight {band_weight:g})"
+    for r in range(rounds):
+        step(f"joint orbit fit, round {r + 1} of {rounds}{tag}")
+        fit = tracker.solve(tilt_deg=cur_ref.tilt_deg if cur_ref else None, init_deg=cur, band_weight=band_weight)
+        if cur_ref is None:
+            ang, kept = fit, r + 1
+            break
+        try:
+            nref = refine_angles(projections, fit, offset0=cur_ref.axis_offset_px, tilt0=cur_ref.tilt_deg,
+                                 smooth=smooth)
+        except ReconstructionError as exc:
+            # the fit lost the mirror partners: keep the last refined angles, not the fit
+            flag(f"mirror refinement failed on the fitted angles: {exc}")
+            break
+        starts.append((nref.angles_deg, nref))
+        assert ref is not None
+        if mirror_residual(nref.angles_deg, ref.anchors) < mirror_residual(ang, ref.anchors):
+            ref, ang, kept = nref, nref.angles_deg, r + 1
+        else:
+            flag("orbit-fit round did not improve the mirror pairs")
+        cur_ref, cur = nref, nref.angles_deg
+    warp: dict[str, Any] = {}
+    if ref is not None:
+        # the 180 deg-periodic warp that the mirror pairs cannot see, from the rows' centroids
+        step(f"180 deg-periodic warp{tag}")
+        try:
+            ang, pw = periodic_warp(projections, ang, ref.axis_offset_px, ref.tilt_deg)
+            warp = {"harmonics": pw["harmonics"], "amplitude_deg": pw["amplitude_deg"]}
+        except ReconstructionError as exc:
+            flag(f"periodic-warp correction skipped: {exc}")
+    return _OrbitFit(float(band_weight), np.asarray(ang, np.float64), ref, starts, kept, warp)
+
+
 def estimate_angles(
     tracker: RotationTracker,
     projections: np.ndarray,
@@ -57,6 +120,8 @@ def estimate_angles(
     min_match: float = 0.85,
     clear_gain: float = 0.02,
     shift_px: float = 2.0,
+    band_weights: tuple[float, ...] = (1.0, 10.0, 100.0),
+    member_tolerance: float = 1.1,
     progress: Callable[[str], None] | None = None,
 ) -> tuple[np.ndarray, Refinement | None, dict[str, Any]]:
     """Angles of a finished sweep: track fit and mirror symmetry, alternated.
@@ -66,7 +131,14 @@ def estimate_angles(
     3. ``rounds`` x (joint orbit fit of all tracks started from the refined angles with the
     mirror tilt, then mirror refinement again; a round is kept only if it agrees better with the
     previous round's mirror pairs); 4. the 180 deg-periodic warp the mirror pairs cannot see,
-    from the rows' centroid orbits (:func:`periodic_warp`); 5. (``per_frame``) every frame's own
+    from the rows' centroid orbits (:func:`periodic_warp`). Steps 3-4 run once for each weight
+    of a slice-centroid observation against an optical-flow one in ``band_weights`` and the
+    angles are averaged: the flow tracks slide (about 1 px rms off their orbits at the true
+    angles), the centroids do not but are noisy on their small orbits (0.5 px on 1.5 px), no
+    single weight is best, and each fit ends in its own 180 deg-periodic warp, the mode the data
+    hardly constrain. A member whose mirror residual exceeds ``member_tolerance`` times the best
+    member's is left out of the average (it went wrong: on stick-slip sweeps the centroid-heavy
+    fits smear the stalls). 5. (``per_frame``) every frame's own
     angle, with no smoothness prior (a trapped cell turns in bursts and pauses): the moment
     fit of all rows (:func:`moment_angles`), then projection matching against the volume
     (:func:`match_projections`), from the first and the last round's angles; kept only where
@@ -101,38 +173,31 @@ def estimate_angles(
         ang = ref.angles_deg
     except ReconstructionError as exc:
         info["flags"].append(f"mirror refinement skipped: {exc}")
-    starts = [(ang, ref)]  # every round's mirror-refined angles and geometry: per-frame starts
-    cur_ref, cur = ref, ang
-    for r in range(rounds):
-        step(f"joint orbit fit, round {r + 1} of {rounds}")
-        fit = tracker.solve(tilt_deg=cur_ref.tilt_deg if cur_ref else None, init_deg=cur)
-        if cur_ref is None:
-            ang = fit
-            break
-        try:
-            nref = refine_angles(projections, fit, offset0=cur_ref.axis_offset_px, tilt0=cur_ref.tilt_deg,
-                                 smooth=smooth)
-        except ReconstructionError as exc:
-            # the fit lost the mirror partners: keep the last refined angles, not the fit
-            info["flags"].append(f"mirror refinement failed on the fitted angles: {exc}")
-            break
-        starts.append((nref.angles_deg, nref))
-        # a round's angles replace the kept ones only if they agree better with the kept
-        # refinement's mirror pairs (found from the images): short optical-flow tracks can pull
-        # the fit off. The rounds go on from the latest fit either way (per-frame starts).
-        if mirror_residual(nref.angles_deg, ref.anchors) < mirror_residual(ang, ref.anchors):
-            ref, ang = nref, nref.angles_deg
-        elif "orbit-fit round did not improve the mirror pairs" not in info["flags"]:
-            info["flags"].append("orbit-fit round did not improve the mirror pairs")
-        cur_ref, cur = nref, nref.angles_deg
+    # steps 3-4 once per slice-centroid weight; the members' angles are averaged
+    members = [_orbit_rounds(tracker, projections, ang, ref, rounds, smooth, bw, step, info["flags"])
+               for bw in (band_weights if rounds > 0 else band_weights[:1])]
+    # a member whose angles clearly disagree more with the mirror pairs than the best one's went
+    # wrong (on stick-slip sweeps the centroid-heavy fits smear the stalls): left out
+    mres: list[float | None] = [None] * len(members)
+    used = [True] * len(members)
     if ref is not None:
-        # the 180 deg-periodic warp that the mirror pairs cannot see, from the rows' centroids
-        step("180 deg-periodic warp")
-        try:
-            ang, pw = periodic_warp(projections, ang, ref.axis_offset_px, ref.tilt_deg)
-            info["periodic_warp"] = {"harmonics": pw["harmonics"], "amplitude_deg": pw["amplitude_deg"]}
-        except ReconstructionError as exc:
-            info["flags"].append(f"periodic-warp correction skipped: {exc}")
+        res = [float(mirror_residual(m.angles, ref.anchors)) for m in members]
+        mres, used = list(res), [r <= member_tolerance * min(res) for r in res]
+    info["orbit_fits"] = [{"band_weight": m.band_weight, "rounds_kept": m.rounds_kept, "mirror_residual_deg": r,
+                           "averaged": u, **({"periodic_warp": m.warp} if m.warp else {})}
+                          for m, r, u in zip(members, mres, used)]
+    members = [m for m, u in zip(members, used) if u]
+    starts = members[0].starts
+    if len(members) > 1:
+        stack = np.stack([m.angles - m.angles[0] for m in members])
+        ang = stack.mean(axis=0)
+        info["orbit_fit_spread_deg"] = float(np.mean(np.abs(stack - ang)))
+        refs = [m.ref for m in members if m.ref is not None]
+        ref = dataclasses.replace(refs[0], angles_deg=ang,
+                                  axis_offset_px=float(np.mean([r.axis_offset_px for r in refs])),
+                                  tilt_deg=float(np.mean([r.tilt_deg for r in refs]))) if refs else None
+    else:
+        ang, ref = members[0].angles, members[0].ref
     if per_frame and ref is not None:
         # kept only if the projections agree better with their volume (median leave-half-out
         # NCC, and at least ``min_match``: below it the match is noise-dominated and the per-frame

@@ -563,26 +563,31 @@ class RotationTracker:
         self._models = {int(i): (float(p), float(q)) for i, p, q, g in zip(info["ids"], pa, qa, good) if g}
 
     # ------------------------------------------------------------------ batch
-    def observations(self, tilt_deg: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def observations(self, tilt_deg: float | None = None, band_weight: float | None = None
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Stored observations as (track id, frame, u across the axis, v along it, weight).
 
         Tracks seen in fewer than ``min_track_frames`` frames are left out: they carry no orbit
-        curvature and only cost unknowns in the joint fit.
+        curvature and only cost unknowns in the joint fit. ``band_weight`` overrides the
+        configured weight of a slice-centroid observation (an LK one weighs 1).
         """
-        obs = _observations(self.frames, self.tilt_deg if tilt_deg is None else tilt_deg, self.cfg.band_weight)
+        bw = self.cfg.band_weight if band_weight is None else float(band_weight)
+        obs = _observations(self.frames, self.tilt_deg if tilt_deg is None else tilt_deg, bw)
         return _long_tracks(obs, self.cfg.min_track_frames)
 
-    def solve(self, tilt_deg: float | None = None, init_deg: np.ndarray | None = None) -> np.ndarray:
+    def solve(self, tilt_deg: float | None = None, init_deg: np.ndarray | None = None,
+              band_weight: float | None = None) -> np.ndarray:
         """All angles (deg, frame 0 = 0) from all tracks: rate search, then the joint orbit fit.
 
         ``tilt_deg`` overrides the tracker's own axis tilt (e.g. the mirror estimate);
-        ``init_deg`` the live angles as the starting trace.
+        ``init_deg`` the live angles as the starting trace; ``band_weight`` the weight of the
+        slice-centroid observations against the LK ones (:meth:`observations`).
         """
         cfg = self.cfg
         ang = np.asarray(self.angles_deg if init_deg is None else init_deg, np.float64)
         if ang.size < 3:
             return ang
-        k, f, u, v, w = self.observations(tilt_deg)
+        k, f, u, v, w = self.observations(tilt_deg, band_weight)
         if init_deg is None:
             # rate search on a uniform trace (robust), not on the live trace (may be off locally)
             trace = np.arange(ang.size) * (ang[-1] - ang[0]) / max(ang.size - 1, 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
@@ -14,7 +15,7 @@ from mcf_rotator.errors import ReconstructionError
 from mcf_rotator.reconstruction.detection import BoxDetector, ClassicalDetector, Detection
 from mcf_rotator.reconstruction.fbp import fbp
 from mcf_rotator.reconstruction.incremental import IncrementalReconstructor
-from mcf_rotator.reconstruction.live import LivePipeline, LivePipelineConfig
+from mcf_rotator.reconstruction.live import LivePipeline, LivePipelineConfig, estimate_angles
 from mcf_rotator.simulation.brightfield import BrightfieldOptics, CellInstance, render_scene
 from mcf_rotator.simulation.phantom import CellPhantom, pose_matrix
 
@@ -130,7 +131,11 @@ def test_full_sweep_angles_and_volume():
     steps: list[str] = []
     res = pipe.finalize(progress=steps.append)
     assert steps[0] == "rotation rate from all tracks" and steps[-1] == "filtered back-projection"
-    assert "180 deg-periodic warp" in steps and "axis fine-tune and last matching pass" in steps
+    warps = [s for s in steps if s.startswith("180 deg-periodic warp")]
+    assert len(warps) == 3 and "axis fine-tune and last matching pass" in steps, steps  # one per ensemble member
+    fits = res.report["orbit_fits"]
+    best = min(m["mirror_residual_deg"] for m in fits)
+    assert [m["averaged"] for m in fits] == [m["mirror_residual_deg"] <= 1.1 * best for m in fits]
     err = np.abs(res.angles_deg - ang)
     assert err.mean() < 2.0, err.mean()
     assert res.tilt_deg == pytest.approx(0.8, abs=0.3)
@@ -147,6 +152,23 @@ def test_full_sweep_angles_and_volume():
     # given angles bypass tracking and refinement
     res2 = pipe.finalize(ang)
     np.testing.assert_allclose(res2.angles_deg, ang)
+
+
+def test_the_orbit_fits_of_each_slice_centroid_weight_are_averaged():
+    ang, imgs = frames(100)  # 220 deg: too short for the mirror refinement, the fits alone
+    pipe = LivePipeline(LivePipelineConfig(roi_px=96, volume_size=96, cell_px=76.0, nominal_step_deg=2.0,
+                                           resolve_every=0))
+    for img in imgs:
+        assert pipe.process(img, 0.0).ok
+    proj = np.stack(pipe.projections)
+    single = {w: estimate_angles(copy.deepcopy(pipe.tracker), proj, per_frame=False, band_weights=(w,))[0]
+              for w in (1.0, 100.0)}
+    both, ref, info = estimate_angles(copy.deepcopy(pipe.tracker), proj, per_frame=False, band_weights=(1.0, 100.0))
+    assert ref is None and [m["band_weight"] for m in info["orbit_fits"]] == [1.0, 100.0]
+    assert all(m["averaged"] and m["mirror_residual_deg"] is None for m in info["orbit_fits"])
+    assert np.max(np.abs(single[1.0] - single[100.0])) > 0.05  # the weight changes the fit
+    np.testing.assert_allclose(both, (single[1.0] + single[100.0]) / 2, atol=1e-9)
+    assert info["orbit_fit_spread_deg"] > 0
 
 
 class CountingDetector:

@@ -168,6 +168,19 @@ def test_tracker_start_is_good_enough_on_harder_sweeps(seed):
     _assert_tracker_accuracy(tr.solve(tilt_deg=1.0), ang)
 
 
+def test_band_weight_weighs_the_slice_centroids_in_the_fit(sweep):
+    ang, frames, masks = sweep
+    tr = RotationTracker(TrackerConfig(nominal_step_deg=1.0))
+    for f, m in zip(frames[:80], masks[:80]):
+        tr.update(f, m)
+    k, _f, _u, _v, w = tr.observations(band_weight=7.0)
+    assert np.all(w[k < 0] == 7.0) and np.all(w[k >= 0] == 1.0) and (k < 0).any() and (k >= 0).any()
+    assert np.all(tr.observations()[4][k < 0] == tr.cfg.band_weight)
+    a1, a100 = tr.solve(tilt_deg=1.0), tr.solve(tilt_deg=1.0, band_weight=100.0)
+    assert np.max(np.abs(a1 - a100)) > 0.05
+    np.testing.assert_allclose(tr.solve(tilt_deg=1.0, band_weight=tr.cfg.band_weight), a1)
+
+
 def test_direction_sets_the_sign(sweep):
     ang, frames, masks = sweep
     tr = RotationTracker(TrackerConfig(direction=-1))
