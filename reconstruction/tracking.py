@@ -18,7 +18,9 @@ Observations:
   its halo); new corners fill empty parts of the mask every few frames;
 - slice centroids: the optical-depth centroid of each band of rows is exactly such an orbit
   (first Helgason-Ludwig moment), never lost and never sliding - it anchors the fit against the
-  slow drift of optical-flow features.
+  slow drift of optical-flow features. Its weight against an LK observation (``band_weight``)
+  has no single best value (flow tracks slide ~1 px, centroids are noisy on orbits of ~1.5 px):
+  ``live.estimate_angles`` averages the fits of several weights.
 
 :func:`scale_search` (a periodogram over the rotation rate) gives a starting trace that does not
 depend on the nominal step. An in-plane tilt of the rotation axis makes features move along a
