@@ -120,7 +120,7 @@ def estimate_angles(
     min_match: float = 0.85,
     clear_gain: float = 0.02,
     shift_px: float = 2.0,
-    band_weights: tuple[float, ...] = (1.0, 10.0, 100.0),
+    band_weights: tuple[float, ...] = (1.0, 3.0, 10.0, 30.0, 100.0),
     member_tolerance: float = 1.1,
     progress: Callable[[str], None] | None = None,
 ) -> tuple[np.ndarray, Refinement | None, dict[str, Any]]:
