@@ -30,7 +30,10 @@ from mcf_rotator.reconstruction.fbp import fbp
 from mcf_rotator.reconstruction.incremental import IncrementalReconstructor, VolumeSnapshot
 from mcf_rotator.reconstruction.refinement import (
     Refinement,
+    bandpass,
+    best_partners,
     common_partners,
+    find_partners,
     match_projections,
     match_score,
     mirror_residual,
@@ -47,6 +50,31 @@ __all__ = ["LivePipelineConfig", "FrameResult", "ReconstructionResult", "LivePip
            "estimate_angles"]
 
 
+class _FairMirrorPairs:
+    """Mirror residuals of competing angle sets on pairs searched around all of them.
+
+    Why: pairs found around one set's angles favour that set, and where it went wrong (a poor
+    rate trace: 16 deg off on one benchmark seed) they are wrong too and reject every better
+    orbit fit. Each set's wide search (:func:`find_partners`) is done once and kept: the
+    starting trace is judged against the rounds of every orbit fit.
+    """
+
+    def __init__(self, projections: np.ndarray, offset_px: float, tilt_deg: float) -> None:
+        self._bp = bandpass(np.asarray(projections, np.float32))
+        self._geometry = (float(offset_px), float(tilt_deg))
+        self._found: dict[bytes, list[tuple[float, float, float]]] = {}
+
+    def residuals(self, angle_sets: list[np.ndarray]) -> list[float]:
+        searches = []
+        for a in angle_sets:
+            key = np.asarray(a, np.float64).tobytes()
+            if key not in self._found:
+                self._found[key] = find_partners(self._bp, a, *self._geometry, 30.0)
+            searches.append(self._found[key])
+        pairs = best_partners(searches)
+        return [float(mirror_residual(a, pairs)) for a in angle_sets]
+
+
 @dataclass
 class _OrbitFit:
     """One member of the orbit-fit ensemble in :func:`estimate_angles`."""
@@ -61,14 +89,14 @@ class _OrbitFit:
 
 def _orbit_rounds(tracker: RotationTracker, projections: np.ndarray, ang: np.ndarray, ref: Refinement | None,
                   rounds: int, smooth: float, band_weight: float, step: Callable[[str], None],
-                  flags: list[str]) -> _OrbitFit:
+                  flags: list[str], judge: _FairMirrorPairs | None) -> _OrbitFit:
     """Joint orbit fit and mirror refinement, alternated ``rounds`` times from the mirror-refined
     rate trace, then the 180 deg-periodic warp (steps 3-4 of :func:`estimate_angles`).
 
-    A round's angles replace the kept ones only if they agree better with the kept refinement's
-    mirror pairs (found from the images): short optical-flow tracks can pull the fit off. The
-    rounds go on from the latest fit either way (per-frame starts). ``flags`` gets what went
-    wrong (each message once).
+    A round's angles replace the kept ones only if they agree better with mirror pairs found
+    from the images around both (``judge``): short optical-flow tracks can pull the fit off.
+    The rounds go on from the latest fit either way (per-frame starts). ``flags`` gets what
+    went wrong (each message once).
     """
     def flag(msg: str) -> None:
         if msg not in flags:
@@ -92,8 +120,9 @@ def _orbit_rounds(tracker: RotationTracker, projections: np.ndarray, ang: np.nda
             flag(f"mirror refinement failed on the fitted angles: {exc}")
             break
         starts.append((nref.angles_deg, nref))
-        assert ref is not None
-        if mirror_residual(nref.angles_deg, ref.anchors) < mirror_residual(ang, ref.anchors):
+        assert judge is not None
+        r_new, r_kept = judge.residuals([nref.angles_deg, ang])
+        if r_new < r_kept:
             ref, ang, kept = nref, nref.angles_deg, r + 1
         else:
             flag("orbit-fit round did not improve the mirror pairs")
@@ -174,14 +203,15 @@ def estimate_angles(
     except ReconstructionError as exc:
         info["flags"].append(f"mirror refinement skipped: {exc}")
     # steps 3-4 once per slice-centroid weight; the members' angles are averaged
-    members = [_orbit_rounds(tracker, projections, ang, ref, rounds, smooth, bw, step, info["flags"])
+    judge = _FairMirrorPairs(projections, ref.axis_offset_px, ref.tilt_deg) if ref is not None else None
+    members = [_orbit_rounds(tracker, projections, ang, ref, rounds, smooth, bw, step, info["flags"], judge)
                for bw in (band_weights if rounds > 0 else band_weights[:1])]
     # a member whose angles clearly disagree more with the mirror pairs than the best one's went
     # wrong (on stick-slip sweeps the centroid-heavy fits smear the stalls): left out
     mres: list[float | None] = [None] * len(members)
     used = [True] * len(members)
-    if ref is not None:
-        res = [float(mirror_residual(m.angles, ref.anchors)) for m in members]
+    if judge is not None:
+        res = judge.residuals([m.angles for m in members])
         mres, used = list(res), [r <= member_tolerance * min(res) for r in res]
     info["orbit_fits"] = [{"band_weight": m.band_weight, "rounds_kept": m.rounds_kept, "mirror_residual_deg": r,
                            "averaged": u, **({"periodic_warp": m.warp} if m.warp else {})}

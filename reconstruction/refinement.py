@@ -38,7 +38,7 @@ import numpy as np
 from mcf_rotator.errors import ReconstructionError
 
 __all__ = ["Refinement", "bandpass", "mirror_image", "find_partners", "estimate_axis", "warp_angles", "refine_angles",
-           "mirror_residual", "moment_angles", "match_projections", "row_centroids", "periodic_warp",
+           "mirror_residual", "best_partners", "moment_angles", "match_projections", "row_centroids", "periodic_warp",
            "common_partners"]
 
 
@@ -344,9 +344,15 @@ def common_partners(projections: np.ndarray, angle_sets: list[np.ndarray], offse
     the union of the wide windows does not depend on which set is right.
     """
     bp = bandpass(np.asarray(projections, np.float32))
+    return best_partners([find_partners(bp, a, offset_px, tilt_deg, search_deg) for a in angle_sets])
+
+
+def best_partners(searches: list[list[tuple[float, float, float]]]) -> list[tuple[float, float]]:
+    """Per frame, the partner with the best match over several :func:`find_partners` searches
+    ((frame, fractional partner, NCC) each): the pairs of :func:`common_partners`."""
     best: dict[int, tuple[float, float]] = {}
-    for a in angle_sets:
-        for t, tp, ncc in find_partners(bp, a, offset_px, tilt_deg, search_deg):
+    for found in searches:
+        for t, tp, ncc in found:
             if int(t) not in best or ncc > best[int(t)][1]:
                 best[int(t)] = (float(tp), float(ncc))
     return [(float(t), tp) for t, (tp, _) in sorted(best.items())]

@@ -14,6 +14,7 @@ from mcf_rotator.errors import ReconstructionError
 from mcf_rotator.reconstruction.refinement import (
     bandpass,
     centroid_axis,
+    best_partners,
     common_partners,
     find_partners,
     match_projections,
@@ -204,6 +205,13 @@ def test_common_partners_judge_competing_angles_fairly(sweep):
     assert mirror_residual(ang, pairs) < 0.5 < 5.0 < mirror_residual(wrong, pairs)
     # the order of the sets does not matter
     assert common_partners(proj, [ang, wrong], 2.0, 1.0) == pairs
+
+
+def test_best_partners_keep_the_best_match_of_each_frame():
+    a = [(0.0, 90.2, 0.8), (1.0, 91.0, 0.5)]
+    b = [(1.0, 91.4, 0.9), (2.0, 92.1, 0.7)]
+    assert best_partners([a, b]) == [(0.0, 90.2), (1.0, 91.4), (2.0, 92.1)]
+    assert best_partners([b, a]) == best_partners([a, b])
 
 
 def test_matching_keeps_the_true_angles_of_a_cell_wider_than_half_the_crop(sweep):
