@@ -158,8 +158,8 @@ def estimate_angles(
     1. rate: periodogram of all orbit tracks over a uniform trace (robust to a wrong nominal
        step); 2. mirror refinement of that trace (axis offset, tilt, 180 deg partners);
     3. ``rounds`` x (joint orbit fit of all tracks started from the refined angles with the
-    mirror tilt, then mirror refinement again; a round is kept only if it agrees better with the
-    previous round's mirror pairs); 4. the 180 deg-periodic warp the mirror pairs cannot see,
+    mirror tilt, then mirror refinement again; a round is kept only if it agrees better with
+    mirror pairs searched around both it and the kept angles, :class:`_FairMirrorPairs`); 4. the 180 deg-periodic warp the mirror pairs cannot see,
     from the rows' centroid orbits (:func:`periodic_warp`). Steps 3-4 run once for each weight
     of a slice-centroid observation against an optical-flow one in ``band_weights`` and the
     angles are averaged: the flow tracks slide (about 1 px rms off their orbits at the true
