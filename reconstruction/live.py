@@ -32,7 +32,6 @@ from mcf_rotator.reconstruction.refinement import (
     Refinement,
     bandpass,
     best_partners,
-    common_partners,
     find_partners,
     match_projections,
     match_score,
@@ -89,14 +88,16 @@ class _OrbitFit:
 
 def _orbit_rounds(tracker: RotationTracker, projections: np.ndarray, ang: np.ndarray, ref: Refinement | None,
                   rounds: int, smooth: float, band_weight: float, step: Callable[[str], None],
-                  flags: list[str], judge: _FairMirrorPairs | None) -> _OrbitFit:
+                  flags: list[str], judge: _FairMirrorPairs | None,
+                  warped: dict[bytes, tuple[np.ndarray, dict[str, Any]]]) -> _OrbitFit:
     """Joint orbit fit and mirror refinement, alternated ``rounds`` times from the mirror-refined
     rate trace, then the 180 deg-periodic warp (steps 3-4 of :func:`estimate_angles`).
 
     A round's angles replace the kept ones only if they agree better with mirror pairs found
     from the images around both (``judge``): short optical-flow tracks can pull the fit off.
     The rounds go on from the latest fit either way (per-frame starts). ``flags`` gets what
-    went wrong (each message once).
+    went wrong (each message once). ``warped`` keeps each warp correction by its input angles:
+    members that kept no round share the starting trace, whose correction is computed once.
     """
     def flag(msg: str) -> None:
         if msg not in flags:
@@ -131,9 +132,12 @@ def _orbit_rounds(tracker: RotationTracker, projections: np.ndarray, ang: np.nda
     if ref is not None:
         # the 180 deg-periodic warp that the mirror pairs cannot see, from the rows' centroids
         step(f"180 deg-periodic warp{tag}")
+        key = np.asarray(ang, np.float64).tobytes()
         try:
-            ang, pw = periodic_warp(projections, ang, ref.axis_offset_px, ref.tilt_deg)
-            warp = {"harmonics": pw["harmonics"], "amplitude_deg": pw["amplitude_deg"]}
+            if key not in warped:
+                out, pw = periodic_warp(projections, ang, ref.axis_offset_px, ref.tilt_deg)
+                warped[key] = (out, {"harmonics": pw["harmonics"], "amplitude_deg": pw["amplitude_deg"]})
+            ang, warp = warped[key]
         except ReconstructionError as exc:
             flag(f"periodic-warp correction skipped: {exc}")
     return _OrbitFit(float(band_weight), np.asarray(ang, np.float64), ref, starts, kept, warp)
@@ -159,8 +163,9 @@ def estimate_angles(
        step); 2. mirror refinement of that trace (axis offset, tilt, 180 deg partners);
     3. ``rounds`` x (joint orbit fit of all tracks started from the refined angles with the
     mirror tilt, then mirror refinement again; a round is kept only if it agrees better with
-    mirror pairs searched around both it and the kept angles, :class:`_FairMirrorPairs`); 4. the 180 deg-periodic warp the mirror pairs cannot see,
-    from the rows' centroid orbits (:func:`periodic_warp`). Steps 3-4 run once for each weight
+    mirror pairs searched around both it and the kept angles, :class:`_FairMirrorPairs`);
+    4. the 180 deg-periodic warp the mirror pairs cannot see, from the rows' centroid orbits
+    (:func:`periodic_warp`). Steps 3-4 run once for each weight
     of a slice-centroid observation against an optical-flow one in ``band_weights`` and the
     angles are averaged: the flow tracks slide (about 1 px rms off their orbits at the true
     angles), the centroids do not but are noisy on their small orbits (0.5 px on 1.5 px), no
@@ -204,7 +209,8 @@ def estimate_angles(
         info["flags"].append(f"mirror refinement skipped: {exc}")
     # steps 3-4 once per slice-centroid weight; the members' angles are averaged
     judge = _FairMirrorPairs(projections, ref.axis_offset_px, ref.tilt_deg) if ref is not None else None
-    members = [_orbit_rounds(tracker, projections, ang, ref, rounds, smooth, bw, step, info["flags"], judge)
+    warped: dict[bytes, tuple[np.ndarray, dict[str, Any]]] = {}
+    members = [_orbit_rounds(tracker, projections, ang, ref, rounds, smooth, bw, step, info["flags"], judge, warped)
                for bw in (band_weights if rounds > 0 else band_weights[:1])]
     # a member whose angles clearly disagree more with the mirror pairs than the best one's went
     # wrong (on stick-slip sweeps the centroid-heavy fits smear the stalls): left out
@@ -256,8 +262,7 @@ def estimate_angles(
         score, cand, cref = best
         # mirror pairs searched widely around both sets (the refinement's own pairs favour its
         # angles, and where it went wrong they are wrong too)
-        pairs = common_partners(projections, [ang, cand], off, tilt)
-        m0, m1 = mirror_residual(ang, pairs), mirror_residual(cand, pairs)
+        m0, m1 = _FairMirrorPairs(projections, off, tilt).residuals([ang, cand])
         info["per_frame"] = {"match_before": base, "match_after": score, "mirror_before_deg": m0,
                              "mirror_after_deg": m1}
         # a clear gain in the match (signal-dominated there) overrides the mirror check, which
