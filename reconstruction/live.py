@@ -186,6 +186,8 @@ def estimate_angles(
     is called with the name of each step as it starts (they take seconds: shown to the operator).
     Returns (angles deg, last refinement or None, info).
     """
+    if not band_weights or min(band_weights) <= 0:
+        raise ValueError(f"band_weights must be one or more positive weights, got {band_weights!r}")
     n = len(tracker.angles_deg)
     info: dict[str, Any] = {"flags": []}
     live = np.asarray(tracker.angles_deg, np.float64)

@@ -169,6 +169,9 @@ def test_the_orbit_fits_of_each_slice_centroid_weight_are_averaged():
     assert np.max(np.abs(single[1.0] - single[100.0])) > 0.05  # the weight changes the fit
     np.testing.assert_allclose(both, (single[1.0] + single[100.0]) / 2, atol=1e-9)
     assert info["orbit_fit_spread_deg"] > 0
+    for bad in ((), (1.0, 0.0)):
+        with pytest.raises(ValueError, match="band_weights"):
+            estimate_angles(pipe.tracker, proj, band_weights=bad)
 
 
 def test_rounds_are_judged_on_pairs_searched_around_both_angle_sets(monkeypatch):
