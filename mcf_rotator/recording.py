@@ -513,14 +513,19 @@ def _open_tiff(path: Path) -> RecordingFrames:
         n = len(pages)
     except Exception:  # noqa: BLE001
         n = 0
-    # drop trailing pages that a crash cut short
+    # drop trailing pages that a crash cut short: unreadable, or read with another shape than
+    # the first page (a torn page's tags can decode to a 1-D strip)
+    try:
+        first_shape = tuple(pages[0].shape)
+    except Exception:  # noqa: BLE001
+        first_shape = None
     while n > 0:
         try:
-            page = pages[n - 1]
-            page.asarray()
-            break
+            if pages[n - 1].asarray().shape == first_shape:
+                break
         except Exception:  # noqa: BLE001
-            n -= 1
+            pass
+        n -= 1
     if n == 0:
         tif.close()
         raise InputFileError(f"{path}: the recording holds no complete frame")

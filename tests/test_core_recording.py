@@ -112,6 +112,19 @@ def test_torn_last_page_is_dropped(tmp_path: Path) -> None:
     assert [int(f[0, 0]) for f in frames] == list(range(5))
 
 
+def test_a_last_page_of_another_shape_is_dropped(tmp_path: Path) -> None:
+    """A page torn by a SIGKILL can decode to a strip of another shape, not raise."""
+    import tifffile
+
+    p = tmp_path / "odd.ome.tif"
+    with tifffile.TiffWriter(p) as tw:
+        for i in range(3):
+            tw.write(_frame(i, (32, 32)), contiguous=False, photometric="minisblack")
+        tw.write(np.zeros((1, 7), np.uint8), contiguous=False, photometric="minisblack")
+    frames, _ = open_recording(p)
+    assert len(frames) == 3 and [int(f[0, 0]) for f in frames] == [0, 1, 2]
+
+
 def test_disk_full_raises_recording_error_and_keeps_frames(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from mcf_rotator import recording
 
