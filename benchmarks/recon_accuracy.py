@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 from mcf_rotator.reconstruction.fbp import fbp
-from mcf_rotator.reconstruction.live import estimate_angles
+from mcf_rotator.reconstruction.final_angles import estimate_angles
 from mcf_rotator.reconstruction.metrics import angle_errors, volume_metrics
 from mcf_rotator.reconstruction.tracking import RotationTracker, TrackerConfig
 from mcf_rotator.simulation.brightfield import BrightfieldOptics, CellInstance, render_scene

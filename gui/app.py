@@ -118,7 +118,9 @@ def create_main_window(config_path: str | Path | None = None, simulate: bool = F
 def run_app(config_path: str | Path | None = None, simulate: bool = False) -> int:
     """Run the operator GUI until the window closes; returns the process exit code."""
     from mcf_rotator.errors import McfRotatorError
+    from mcf_rotator.reconstruction.ultralytics_env import configure_opencv_threads
 
+    configure_opencv_threads()  # before any worker thread uses cv2 (see ultralytics_env)
     # napari's 3D view needs a GL-capable platform; honour an explicit choice otherwise
     os.environ.setdefault("QT_API", "pyside6")
     app = _ensure_app()

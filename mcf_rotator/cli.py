@@ -48,9 +48,21 @@ def _run_gui(args: argparse.Namespace) -> int:
     return run_app(config_path=args.config, simulate=args.simulate)
 
 
+def configure_threads() -> None:
+    """Process-wide threading set-up, done once before any command starts a worker thread.
+
+    OpenCV's thread count is pinned here (to what ``import ultralytics`` would set later):
+    changing it while another thread is inside a ``cv2`` call can kill the process.
+    """
+    from mcf_rotator.reconstruction.ultralytics_env import configure_opencv_threads
+
+    configure_opencv_threads()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    configure_threads()
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",

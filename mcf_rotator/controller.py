@@ -200,16 +200,44 @@ def learned_detector(config: RigConfig) -> Any:
         return None
 
 
+def prepare_learned_detector(config: RigConfig) -> None:
+    """Import ultralytics now, on the calling thread, when :func:`learned_detector` will need it.
+
+    Called before the camera thread starts, so the import (seconds, and it touches OpenCV's
+    threading) never overlaps the camera's ``cv2`` calls; a failure is left for
+    :func:`learned_detector` to report and fall back on.
+    """
+    from mcf_rotator.reconstruction.ultralytics_env import configure_opencv_threads
+
+    configure_opencv_threads()
+    from mcf_rotator.reconstruction.yolo import default_weights_path
+
+    weights = config.paths.detector_weights or default_weights_path()
+    if not Path(weights).is_file():
+        return
+    try:
+        from mcf_rotator.reconstruction.ultralytics_env import setup_ultralytics
+
+        setup_ultralytics(threads=1)
+    except Exception as exc:  # noqa: BLE001 - learned_detector says why and falls back
+        log.debug("ultralytics not preloaded: %s", exc)
+
+
 def volume_voxel_um(config: RigConfig, pipeline: Any, recon: Any) -> float:
-    """Voxel size of a reconstructed volume (crops of roi_px are resampled to volume_size)."""
+    """Voxel size of a volume: the final one's ``voxel_px`` camera pixels (its report), else the
+    live preview's (the crop resampled to the live grid)."""
     v = getattr(recon, "voxel_um", None)
     if v:
         return float(v)
-    cfg = getattr(pipeline, "cfg", None) or getattr(pipeline, "config", None)
-    roi, size = getattr(cfg, "roi_px", None), getattr(cfg, "volume_size", None)
-    if roi and size:
-        return float(config.optics.object_pixel_um * roi / size)
-    return float(config.optics.object_pixel_um)
+    px = float(config.optics.object_pixel_um)
+    report = getattr(recon, "report", None)
+    if isinstance(report, dict) and report.get("voxel_px"):
+        return px * float(report["voxel_px"])
+    roi = getattr(pipeline, "roi_px", None)
+    live = getattr(getattr(pipeline, "recon", None), "w", None)
+    if isinstance(roi, (int, float)) and roi and isinstance(live, int) and live:
+        return px * float(roi) / live
+    return px
 
 
 def default_hologram_generator(config: RigConfig, geometry: Any) -> Any:
@@ -361,6 +389,8 @@ class RigController:
             self._ensure_sequencer()
             self.rig.trap.set_enabled(True)
             self.rig.slm.show_phase(self._sequencer.phase_image(0.0))
+            if self.pipeline_factory is default_pipeline_factory:
+                prepare_learned_detector(self.config)  # before the camera thread exists
             self._start_camera()
             self._info("trap on: ellipse at 0 deg, camera running")
         except Exception as exc:  # noqa: BLE001 - every failure is shown to the operator
@@ -857,6 +887,9 @@ class RigController:
         return None if cal is None else str(getattr(cal, "calibration_id", cal))
 
     def _start_camera(self) -> None:
+        from mcf_rotator.reconstruction.ultralytics_env import configure_opencv_threads
+
+        configure_opencv_threads()  # OpenCV's threading is fixed before its first worker thread
         cam = self.rig.camera
         cam.start_acquisition()
         self._camera_stop.clear()

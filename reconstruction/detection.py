@@ -143,6 +143,19 @@ def cell_like_blobs(
     return ranked
 
 
+def remove_vertical_stripes(absorption: np.ndarray, percentile: float = 20.0) -> np.ndarray:
+    """Absorption minus each column's ``percentile`` over rows: capillary walls run top to
+    bottom (every row of their columns), a cell covers at most ~70 % of the rows of a frame
+    around it, so the low percentile of a column is its wall (or zero), never the cell. Without
+    this a cell beside a wall merges with it into one stripe, which is rejected as a wall."""
+    a = np.asarray(absorption, np.float32)
+    if a.shape[0] < 8:
+        return a
+    level = np.percentile(a, percentile, axis=0)
+    # relative to the typical column: a plain column's low percentile is just noise (below 0)
+    return a - (level - np.median(level)).astype(np.float32)[None, :]
+
+
 class ClassicalDetector:
     """Background-normalised absorption threshold + morphology + largest blob.
 
@@ -158,7 +171,7 @@ class ClassicalDetector:
     def detect(self, image: np.ndarray) -> list[Detection]:
         g = to_gray_float(image)
         bg = background_estimate(g, self.cell_px)
-        absorption = 1.0 - g / bg
+        absorption = remove_vertical_stripes(1.0 - g / bg)
         close_px, min_area = max(3, int(self.cell_px / 15)), int(0.05 * self.cell_px**2)
         blobs = []
         if self.threshold is None:
@@ -173,3 +186,35 @@ class ClassicalDetector:
             contrast = float(np.clip(absorption[blob].mean() / max(self.min_contrast * 3, 1e-6), 0, 1))
             detections.append(Detection(box, float(np.sqrt(contrast * min(1.0, shape_score * 1.5))), blob))
         return detections
+
+
+class AutoSizeDetector:
+    """:class:`ClassicalDetector` for a cell of unknown size: the first frames are searched at
+    several expected sizes (60-280 px; the background scale must exceed the cell) and the best
+    detection fixes the size for every later frame."""
+
+    def __init__(self, sizes_px: tuple[float, ...] = (60.0, 100.0, 160.0, 260.0), min_contrast: float = 0.03) -> None:
+        self.sizes_px = sizes_px
+        self.min_contrast = min_contrast
+        self.locked: ClassicalDetector | None = None
+
+    def detect(self, image: np.ndarray) -> list[Detection]:
+        if self.locked is not None:
+            return self.locked.detect(image)
+        found: list[tuple[float, float, list[Detection]]] = []
+        for size in self.sizes_px:
+            dets = ClassicalDetector(cell_px=size, min_contrast=self.min_contrast).detect(image)
+            if not dets:
+                continue
+            x0, y0, x1, y1 = dets[0].box
+            d = float(max(x1 - x0, y1 - y0))
+            # a detection about the size it was searched for is trusted (its background scale fits)
+            fit = float(np.exp(-0.5 * (np.log(d / size) / 0.5) ** 2))
+            found.append((dets[0].score * fit, d, dets))
+        if not found:
+            return []
+        # the largest of the plausible ones: at a small scale the dense nucleus alone scores well
+        top = max(f[0] for f in found)
+        best = max((f for f in found if f[0] >= 0.5 * top), key=lambda f: f[1])
+        self.locked = ClassicalDetector(cell_px=max(best[1], 20.0), min_contrast=self.min_contrast)
+        return self.locked.detect(image) or best[2]

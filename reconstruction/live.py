@@ -2,13 +2,12 @@
 
 The rig controller calls :meth:`LivePipeline.process` for every full camera frame in a worker
 thread, pulls :meth:`snapshot` for display and calls :meth:`finalize` at the end. Per frame the
-ROI crop is segmented (enclosing circle for display), resampled to the reconstruction grid,
-tracked there (corners + LK + slice centroids, :mod:`.tracking`) and back-projected at the live
-angle. :func:`estimate_angles` then alternates the joint orbit fit of all tracks with the
-180 deg mirror refinement (axis offset, tilt, drift-free angle scale), re-solves every frame's
-angle on its own (projection-moment consistency, then projection matching against the volume:
-no smoothness prior, since a trapped cell turns in stalls and bursts) and the batch weighted
-FBP runs on the stored projections with the final angles and axis.
+crop follows the cell (a trapped cell moves 0.5-5 px: Brownian motion, drift, wobble), is
+segmented (enclosing circle for display), resampled to the live grid, tracked there (corners +
+LK + slice centroids, :mod:`.tracking`) and back-projected at the live angle. :meth:`finalize`
+registers the stored frames again (per-pixel flat field, centre of mass: :mod:`.registration`),
+tracks the registered crops, estimates the final angles (:mod:`.final_angles`) and runs the
+batch weighted FBP at the camera's resolution.
 """
 
 from __future__ import annotations
@@ -25,268 +24,18 @@ import cv2
 import numpy as np
 
 from mcf_rotator.errors import ReconstructionError
-from mcf_rotator.reconstruction.detection import BoxDetector, ClassicalDetector, Detection, Detector, to_gray_float
+from mcf_rotator.reconstruction.detection import AutoSizeDetector, BoxDetector, ClassicalDetector, Detection, Detector, to_gray_float
 from mcf_rotator.reconstruction.fbp import fbp
 from mcf_rotator.reconstruction.incremental import IncrementalReconstructor, VolumeSnapshot
-from mcf_rotator.reconstruction.refinement import (
-    Refinement,
-    bandpass,
-    best_partners,
-    find_partners,
-    match_projections,
-    match_score,
-    mirror_residual,
-    moment_angles,
-    periodic_warp,
-    refine_angles,
-)
+from mcf_rotator.reconstruction.final_angles import _FairMirrorPairs, angle_confidence, estimate_angles
+from mcf_rotator.reconstruction.registration import Registration, disk_mask, register
 from mcf_rotator.reconstruction.segmentation import ClassicalSegmenter, Segmenter, border_level, enclosing_circle, outer_contour
-from mcf_rotator.reconstruction.tracking import RotationTracker, TrackerConfig, scale_search
+from mcf_rotator.reconstruction.tracking import RotationTracker, TrackerConfig
 
 log = logging.getLogger(__name__)
 
 __all__ = ["LivePipelineConfig", "FrameResult", "ReconstructionResult", "LivePipeline", "VolumeSnapshot",
-           "estimate_angles"]
-
-
-class _FairMirrorPairs:
-    """Mirror residuals of competing angle sets on pairs searched around all of them.
-
-    Why: pairs found around one set's angles favour that set, and where it went wrong (a poor
-    rate trace: 16 deg off on one benchmark seed) they are wrong too and reject every better
-    orbit fit. Each set's wide search (:func:`find_partners`) is done once and kept: the
-    starting trace is judged against the rounds of every orbit fit.
-    """
-
-    def __init__(self, projections: np.ndarray, offset_px: float, tilt_deg: float) -> None:
-        self._bp = bandpass(np.asarray(projections, np.float32))
-        self._geometry = (float(offset_px), float(tilt_deg))
-        self._found: dict[bytes, list[tuple[float, float, float]]] = {}
-
-    def residuals(self, angle_sets: list[np.ndarray]) -> list[float]:
-        searches = []
-        for a in angle_sets:
-            key = np.asarray(a, np.float64).tobytes()
-            if key not in self._found:
-                self._found[key] = find_partners(self._bp, a, *self._geometry, 30.0)
-            searches.append(self._found[key])
-        pairs = best_partners(searches)
-        return [float(mirror_residual(a, pairs)) for a in angle_sets]
-
-
-@dataclass
-class _OrbitFit:
-    """One member of the orbit-fit ensemble in :func:`estimate_angles`."""
-
-    band_weight: float
-    angles: np.ndarray
-    ref: Refinement | None
-    starts: list[tuple[np.ndarray, Refinement]]  # every round's mirror-refined angles and geometry
-    rounds_kept: int
-    warp: dict[str, Any]
-
-
-def _orbit_rounds(tracker: RotationTracker, projections: np.ndarray, ang: np.ndarray, ref: Refinement | None,
-                  rounds: int, smooth: float, band_weight: float, step: Callable[[str], None],
-                  flags: list[str], judge: _FairMirrorPairs | None,
-                  warped: dict[bytes, tuple[np.ndarray, dict[str, Any]]]) -> _OrbitFit:
-    """Joint orbit fit and mirror refinement, alternated ``rounds`` times from the mirror-refined
-    rate trace, then the 180 deg-periodic warp (steps 3-4 of :func:`estimate_angles`).
-
-    A round's angles replace the kept ones only if they agree better with mirror pairs found
-    from the images around both (``judge``): short optical-flow tracks can pull the fit off.
-    The rounds go on from the latest fit either way (per-frame starts). ``flags`` gets what
-    went wrong (each message once). ``warped`` keeps each warp correction by its input angles:
-    members that kept no round share the starting trace, whose correction is computed once.
-    """
-    def flag(msg: str) -> None:
-        if msg not in flags:
-            flags.append(msg)
-
-    starts = [(ang, ref)] if ref is not None else []
-    cur_ref, cur = ref, ang
-    kept = 0
-    tag = f" (slice-centroid weight {band_weight:g})"
-    for r in range(rounds):
-        step(f"joint orbit fit, round {r + 1} of {rounds}{tag}")
-        fit = tracker.solve(tilt_deg=cur_ref.tilt_deg if cur_ref else None, init_deg=cur, band_weight=band_weight)
-        if cur_ref is None:
-            ang, kept = fit, r + 1
-            break
-        try:
-            nref = refine_angles(projections, fit, offset0=cur_ref.axis_offset_px, tilt0=cur_ref.tilt_deg,
-                                 smooth=smooth)
-        except ReconstructionError as exc:
-            # the fit lost the mirror partners: keep the last refined angles, not the fit
-            flag(f"mirror refinement failed on the fitted angles: {exc}")
-            break
-        starts.append((nref.angles_deg, nref))
-        assert judge is not None
-        r_new, r_kept = judge.residuals([nref.angles_deg, ang])
-        if r_new < r_kept:
-            ref, ang, kept = nref, nref.angles_deg, r + 1
-        else:
-            flag("orbit-fit round did not improve the mirror pairs")
-        cur_ref, cur = nref, nref.angles_deg
-    warp: dict[str, Any] = {}
-    if ref is not None:
-        # the 180 deg-periodic warp that the mirror pairs cannot see, from the rows' centroids
-        step(f"180 deg-periodic warp{tag}")
-        key = np.asarray(ang, np.float64).tobytes()
-        try:
-            if key not in warped:
-                out, pw = periodic_warp(projections, ang, ref.axis_offset_px, ref.tilt_deg)
-                warped[key] = (out, {"harmonics": pw["harmonics"], "amplitude_deg": pw["amplitude_deg"]})
-            ang, warp = warped[key]
-        except ReconstructionError as exc:
-            flag(f"periodic-warp correction skipped: {exc}")
-    return _OrbitFit(float(band_weight), np.asarray(ang, np.float64), ref, starts, kept, warp)
-
-
-def estimate_angles(
-    tracker: RotationTracker,
-    projections: np.ndarray,
-    smooth: float = 100.0,
-    rounds: int = 2,
-    per_frame: bool = True,
-    match_iterations: int = 8,
-    min_match: float = 0.85,
-    clear_gain: float = 0.02,
-    shift_px: float = 2.0,
-    band_weights: tuple[float, ...] = (1.0, 3.0, 10.0, 30.0, 100.0),
-    member_tolerance: float = 1.1,
-    progress: Callable[[str], None] | None = None,
-) -> tuple[np.ndarray, Refinement | None, dict[str, Any]]:
-    """Angles of a finished sweep: track fit and mirror symmetry, alternated.
-
-    1. rate: periodogram of all orbit tracks over a uniform trace (robust to a wrong nominal
-       step); 2. mirror refinement of that trace (axis offset, tilt, 180 deg partners);
-    3. ``rounds`` x (joint orbit fit of all tracks started from the refined angles with the
-    mirror tilt, then mirror refinement again; a round is kept only if it agrees better with
-    mirror pairs searched around both it and the kept angles, :class:`_FairMirrorPairs`);
-    4. the 180 deg-periodic warp the mirror pairs cannot see, from the rows' centroid orbits
-    (:func:`periodic_warp`). Steps 3-4 run once for each weight
-    of a slice-centroid observation against an optical-flow one in ``band_weights`` and the
-    angles are averaged: the flow tracks slide (about 1 px rms off their orbits at the true
-    angles), the centroids do not but are noisy on their small orbits (0.5 px on 1.5 px), no
-    single weight is best, and each fit ends in its own 180 deg-periodic warp, the mode the data
-    hardly constrain. A member whose mirror residual exceeds ``member_tolerance`` times the best
-    member's is left out of the average (it went wrong: on stick-slip sweeps the centroid-heavy
-    fits smear the stalls). 5. (``per_frame``) every frame's own
-    angle, with no smoothness prior (a trapped cell turns in bursts and pauses): the moment
-    fit of all rows (:func:`moment_angles`), then projection matching against the volume
-    (:func:`match_projections`), from the first and the last round's angles; kept only where
-    they match the projections better and the mirror pairs too, or the match clearly
-    (``clear_gain``); 6. (``per_frame``) the axis offset fine-tuned by matching (the median
-    lateral shift, searched within ``shift_px``, that moves the frames onto their views), then
-    one last matching pass that moves every frame, frame 0 included, to its best match (frame
-    0's own error would shift every reported angle). Sweeps under 180 deg skip the mirror and
-    per-frame steps.
-    ``projections`` (T, H, W) line integrals of the same frames the tracker saw. ``progress``
-    is called with the name of each step as it starts (they take seconds: shown to the operator).
-    Returns (angles deg, last refinement or None, info).
-    """
-    if not band_weights or min(band_weights) <= 0:
-        raise ValueError(f"band_weights must be one or more positive weights, got {band_weights!r}")
-    n = len(tracker.angles_deg)
-    info: dict[str, Any] = {"flags": []}
-    live = np.asarray(tracker.angles_deg, np.float64)
-    k, f, u, _v, _w = tracker.observations()
-    sign = 1.0 if tracker.cfg.direction >= 0 else -1.0
-    trace = sign * np.arange(n, dtype=np.float64)
-    if u.size < 10:
-        info["flags"].append("too few feature observations; angles from the live estimate")
-        return live, None, info
-    step = progress or (lambda _name: None)
-    step("rotation rate from all tracks")
-    g = scale_search(k, f, u, trace, 0.1, 10.0, 241)
-    info["rate_deg_per_frame"] = g
-    ang = trace * g
-    ref: Refinement | None = None
-    step("mirror symmetry: axis, tilt, angle scale")
-    try:
-        ref = refine_angles(projections, ang, smooth=smooth)
-        ang = ref.angles_deg
-    except ReconstructionError as exc:
-        info["flags"].append(f"mirror refinement skipped: {exc}")
-    # steps 3-4 once per slice-centroid weight; the members' angles are averaged
-    judge = _FairMirrorPairs(projections, ref.axis_offset_px, ref.tilt_deg) if ref is not None else None
-    warped: dict[bytes, tuple[np.ndarray, dict[str, Any]]] = {}
-    members = [_orbit_rounds(tracker, projections, ang, ref, rounds, smooth, bw, step, info["flags"], judge, warped)
-               for bw in (band_weights if rounds > 0 else band_weights[:1])]
-    # a member whose angles clearly disagree more with the mirror pairs than the best one's went
-    # wrong (on stick-slip sweeps the centroid-heavy fits smear the stalls): left out
-    mres: list[float | None] = [None] * len(members)
-    used = [True] * len(members)
-    if judge is not None:
-        res = judge.residuals([m.angles for m in members])
-        mres, used = list(res), [r <= member_tolerance * min(res) for r in res]
-    info["orbit_fits"] = [{"band_weight": m.band_weight, "rounds_kept": m.rounds_kept, "mirror_residual_deg": r,
-                           "averaged": u, **({"periodic_warp": m.warp} if m.warp else {})}
-                          for m, r, u in zip(members, mres, used)]
-    members = [m for m, u in zip(members, used) if u]
-    starts = members[0].starts
-    if len(members) > 1:
-        stack = np.stack([m.angles - m.angles[0] for m in members])
-        ang = stack.mean(axis=0)
-        info["orbit_fit_spread_deg"] = float(np.mean(np.abs(stack - ang)))
-        refs = [m.ref for m in members if m.ref is not None]
-        ref = dataclasses.replace(refs[0], angles_deg=ang,
-                                  axis_offset_px=float(np.mean([r.axis_offset_px for r in refs])),
-                                  tilt_deg=float(np.mean([r.tilt_deg for r in refs]))) if refs else None
-    else:
-        ang, ref = members[0].angles, members[0].ref
-    if per_frame and ref is not None:
-        # kept only if the projections agree better with their volume (median leave-half-out
-        # NCC, and at least ``min_match``: below it the match is noise-dominated and the per-frame
-        # angles wander) and the mirror pairs, measured from the images alone, agree better
-        # too or the match gains clearly (``clear_gain``): a guard against a search that locked
-        # on wrong minima. The fine per-frame correction is the last pass below.
-        step("per-frame angles: projection moments and matching")
-        off, tilt = ref.axis_offset_px, ref.tilt_deg
-        base = match_score(projections, ang, off, tilt)
-        # coarse (low order, wide search: the start may be off by tens of degrees where the
-        # tracks failed) then fine, from the first and the last mirror-refined angles (the search
-        # ends in different minima from different starts); the best match wins. Matched on the
-        # cell's core, like the moments: from such a start, 8 passes over the whole cell, phase
-        # halo included, drifted (simulated rig: 2.0 deg against 0.9 deg on the core)
-        best: tuple[float, np.ndarray, Refinement] | None = None
-        for start, sref in (starts[0], starts[-1]) if len(starts) > 1 else (starts[0],):
-            so, st = sref.axis_offset_px, sref.tilt_deg
-            c = moment_angles(projections, start, so, st, order=3, search_deg=25.0, step_deg=0.25)
-            c = moment_angles(projections, c, so, st, order=4, search_deg=8.0)
-            if match_iterations > 0:
-                c = match_projections(projections, c, so, st, iterations=match_iterations, whole_cell=False)[0]
-            sc = match_score(projections, c, so, st)
-            if best is None or sc > best[0]:
-                best = (sc, c, sref)
-        assert best is not None
-        score, cand, cref = best
-        # mirror pairs searched widely around both sets (the refinement's own pairs favour its
-        # angles, and where it went wrong they are wrong too)
-        m0, m1 = _FairMirrorPairs(projections, off, tilt).residuals([ang, cand])
-        info["per_frame"] = {"match_before": base, "match_after": score, "mirror_before_deg": m0,
-                             "mirror_after_deg": m1}
-        # a clear gain in the match (signal-dominated there) overrides the mirror check, which
-        # only holds as far as the imaging keeps the 180 deg mirror symmetry
-        if score > max(base, min_match) and (m1 < m0 or score > base + clear_gain):
-            ang, ref = cand, cref
-        else:
-            info["flags"].append(f"per-frame angles rejected (match {score:.4f} vs {base:.4f}, "
-                                 f"mirror pairs {m1:.2f} vs {m0:.2f} deg)")
-        if match_iterations > 0:
-            # the axis, fine-tuned: the median lateral shift that moves the frames onto their
-            # matched views (frame by frame a shift trades against the angle, so only the median
-            # is used), then one matching pass in which every frame, frame 0 included, moves to
-            # its best match
-            step("axis fine-tune and last matching pass")
-            _, probe = match_projections(projections, ang, ref.axis_offset_px, ref.tilt_deg, iterations=1,
-                                         shift_px=shift_px)
-            shift = float(np.median(probe["shifts"]))
-            info["axis_shift_px"] = shift
-            ref = dataclasses.replace(ref, axis_offset_px=ref.axis_offset_px - shift)
-            ang, _ = match_projections(projections, ang, ref.axis_offset_px, ref.tilt_deg, iterations=1)
-    return ang - ang[0], ref, info
+           "estimate_angles", "angle_confidence"]
 
 
 @dataclass
@@ -294,19 +43,29 @@ class LivePipelineConfig:
     """Per-acquisition settings of :class:`LivePipeline`.
 
     Detection schedule: the full frame goes through the detector on every frame until a cell
-    is found (that places the fixed ROI), then once every ``detect_every`` frames (default 10,
-    a box refresh for display and monitoring: the learned detector's box-only call costs
-    ~15-30 ms on one CPU thread, so this keeps it to 2-3 ms per frame and the pipeline above
-    100 frames/s on 2 cores). In between, the ROI is reused: the crop must stay fixed on the
-    rotation axis for the tomography, and the segmentation of the crop follows the cell every
-    frame anyway. Detectors with a cheap box-only path
-    (:class:`~mcf_rotator.reconstruction.detection.BoxDetector`) are called through it.
+    is found (that sizes the crop from the cell and places a fixed field around it, the crop
+    plus room for the cell to move), then once every ``detect_every`` frames (default 10, a box
+    refresh for display and monitoring: the learned detector's box-only call costs ~15-30 ms on
+    one CPU thread, so this keeps it to 2-3 ms per frame). In between, the crop follows the
+    cell inside the field frame by frame (centre of mass of its segmented optical depth,
+    sub-pixel), as the seed paper's workflow stabilises every frame before tracking. Detectors
+    with a cheap box-only path (:class:`~mcf_rotator.reconstruction.detection.BoxDetector`) are
+    called through it. The final stage registers the stored field frames again with a per-pixel
+    flat field (:mod:`.registration`).
     """
 
-    roi_px: int = 256  # fixed crop side (full-frame pixels)
-    volume_size: int = 128  # reconstruction grid (crops are resampled to this)
+    # crop side around the cell (camera pixels); None: the measured cell diameter x 1.5 + 16 px
+    roi_px: int | None = None
+    # final reconstruction grid; None: the crop at the camera's resolution (at most max_grid)
+    volume_size: int | None = None
+    live_size: int = 128  # live preview grid (at most; the crop when smaller)
+    angle_grid: int = 128  # the final angle stage runs on crops binned to at most this side
+    still_px: float = 0.3  # residual translation (RMS px) under which the cell counts as still
+    moving_px: float = 1.0  # over it only the re-centred crops are tried (both in between)
+    min_tilt_deg: float = 0.3  # a smaller tilt found is not applied (report: tilt_found_deg)
+    max_grid: int = 256  # largest automatic final grid (a larger crop is binned, and the report says so)
     detect_every: int = 10  # frames between full-frame detections once a cell is found (>= 1)
-    cell_px: float = 140.0
+    cell_px: float | None = None  # expected cell diameter (px); None: found by the detector
     direction: int = 1  # sign of the commanded rotation (unobservable in projections)
     nominal_step_deg: float = 1.0
     filter_name: str = "ramp"
@@ -342,6 +101,7 @@ class ReconstructionResult:
     axis_offset_px: float  # reconstruction-grid pixels (report["axis_offset_px"]: camera pixels)
     tilt_deg: float
     report: dict[str, Any]
+    projections: np.ndarray | None = None  # (T, n, n) line integrals the volume was made from
 
 
 def _lower_thread_priority(nice: int = 10) -> None:
@@ -350,6 +110,24 @@ def _lower_thread_priority(nice: int = 10) -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
     except (AttributeError, OSError):  # not Linux, or not permitted: run at normal priority
         pass
+
+
+def _binned(stack: np.ndarray, n: int, interpolation: int = cv2.INTER_AREA) -> np.ndarray:
+    """Every image of ``stack`` resampled to (n, n) (the stack itself when it already is)."""
+    return stack if n == stack.shape[1] else np.stack([cv2.resize(p, (n, n), interpolation=interpolation)
+                                                       for p in stack])
+
+
+@dataclass
+class _Candidate:
+    """The angle stage's result on one set of crops (:meth:`LivePipeline._solve`)."""
+
+    full: np.ndarray  # the crops at full resolution
+    angles: np.ndarray
+    ref: Any
+    info: dict[str, Any]
+    mirror_deg: float | None  # fair mirror residual of the angles (None: no mirror check)
+    grid: int  # side the angle stage ran at
 
 
 @dataclass
@@ -387,6 +165,9 @@ def resolve_live_angles(tracker: RotationTracker, projections: list[np.ndarray],
 class LivePipeline:
     """Stateful per-frame pipeline; one instance per acquisition.
 
+    The first detection sizes the crop from the cell (:meth:`_place`) and fixes a field around
+    it; every frame after that the crop follows the cell inside the field (sub-pixel), the
+    field's raw pixels are kept for the final registration (:mod:`.registration`).
     From ``resolve_every`` frames on, each time the frames have grown 1.5x, the live angles are
     re-solved on a worker thread (:func:`resolve_live_angles`); when a re-solve is done the live
     volume is replaced by its rebuild and later frames continue from its last angle (plus the
@@ -395,7 +176,8 @@ class LivePipeline:
 
     def __init__(self, config: LivePipelineConfig | None = None) -> None:
         self.cfg = config or LivePipelineConfig()
-        self.detector = self.cfg.detector or ClassicalDetector(cell_px=self.cfg.cell_px)
+        self.detector = self.cfg.detector or (ClassicalDetector(cell_px=self.cfg.cell_px) if self.cfg.cell_px
+                                              else AutoSizeDetector())
         if self.cfg.detect_every < 1:
             raise ReconstructionError(f"detect_every must be >= 1, got {self.cfg.detect_every}")
         self.n_detections = 0  # full-frame detector calls so far
@@ -403,14 +185,21 @@ class LivePipeline:
         self.segmenter = self.cfg.segmenter or ClassicalSegmenter()
         tc = dataclasses.replace(self.cfg.tracker, direction=self.cfg.direction,
                                  nominal_step_deg=self.cfg.nominal_step_deg)
+        self._tracker_cfg = tc
         self.tracker = RotationTracker(tc)
-        n = self.cfg.volume_size
-        self.recon = IncrementalReconstructor((n, n), filter_name=self.cfg.filter_name)
-        self._roi: tuple[int, int, int, int] | None = None
+        self.recon: IncrementalReconstructor | None = None
+        self._field: tuple[int, int, int, int] | None = None  # x0, y0, x1, y1 of the stored field
+        self._side = 0  # crop side (camera pixels)
+        self._n_live = 0  # live grid side
+        self.cell_diameter_px: float | None = None
+        self._centre: tuple[float, float] | None = None  # (row, col) of the cell in the field
+        self._first_centre: tuple[float, float] | None = None  # where the first detection put it
         self._box: tuple[int, int, int, int] | None = None
         self._index = 0
         self._i0: float | None = None
-        self.projections: list[np.ndarray] = []
+        self.projections: list[np.ndarray] = []  # live crops' line integrals (live grid)
+        self.fields: list[np.ndarray] = []  # raw field pixels of every used frame
+        self.centres: list[tuple[float, float]] = []  # live cell centre (row, col) in the field
         self.angles: list[float] = []
         self.timestamps: list[float] = []
         self._t_process = 0.0
@@ -421,14 +210,33 @@ class LivePipeline:
         self.n_resolves = 0  # re-solves adopted so far
         self._resolve_n = 0  # frames in the last re-solve started
 
-    def _place_roi(self, shape: tuple[int, int], cx: float, cy: float) -> tuple[int, int, int, int]:
-        r = self.cfg.roi_px
+    def _place(self, shape: tuple[int, int], box: tuple[int, int, int, int]) -> None:
+        """Size the crop from the detected cell and fix the field (crop + room to move) around it."""
         h, w = shape
-        if r > h or r > w:
-            raise ReconstructionError(f"ROI {r} px does not fit the {w}x{h} frame")
-        x0 = int(np.clip(round(cx - r / 2), 0, w - r))
-        y0 = int(np.clip(round(cy - r / 2), 0, h - r))
-        return x0, y0, x0 + r, y0 + r
+        bx0, by0, bx1, by1 = box
+        d = float(max(bx1 - bx0, by1 - by0, 8))
+        # generous: a detection can miss a faint rim (measured: 44 px found for a 72 px cell)
+        side = int(self.cfg.roi_px or 2 * round((1.5 * d + 16) / 2))
+        if side > h or side > w:
+            if self.cfg.roi_px:
+                raise ReconstructionError(f"ROI {side} px does not fit the {w}x{h} frame")
+            side = int(min(h, w)) // 2 * 2
+        margin = int(max(12, round(0.25 * d)))
+        fh, fw = min(h, side + 2 * margin), min(w, side + 2 * margin)
+        cx, cy = (bx0 + bx1) / 2.0, (by0 + by1) / 2.0
+        x0 = int(np.clip(round(cx - fw / 2), 0, w - fw))
+        y0 = int(np.clip(round(cy - fh / 2), 0, h - fh))
+        self._field = (x0, y0, x0 + fw, y0 + fh)
+        self._side = side
+        self.cell_diameter_px = d
+        self._centre = self._first_centre = (cy - y0, cx - x0)
+        self._n_live = int(min(side, self.cfg.live_size))
+        self.recon = IncrementalReconstructor((self._n_live, self._n_live), filter_name=self.cfg.filter_name)
+
+    @property
+    def roi_px(self) -> int:
+        """Crop side in camera pixels (0 before the first detection)."""
+        return self._side
 
     def _detect(self, image: np.ndarray) -> list[Detection]:
         """One full-frame detection (box-only path when the detector has one), timed."""
@@ -441,6 +249,29 @@ class LivePipeline:
         self.detect_seconds += time.perf_counter() - t0
         return dets
 
+    def _follow(self, crop: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
+        """The cell's centre (row, col) in the field from this frame's crop: the centre of mass
+        of its optical depth inside the dilated mask (the live, border-level flat field)."""
+        assert self._centre is not None and self._i0 is not None
+        od = np.clip(-np.log(np.clip(crop / self._i0, 1e-3, None)), 0.0, None)
+        wm = cv2.dilate(mask.astype(np.uint8), np.ones((7, 7), np.uint8)).astype(np.float32)
+        m = od * wm
+        tot = float(m.sum())
+        c = (self._side - 1) / 2.0
+        if tot <= 1e-9 or not np.isfinite(tot):
+            return self._centre
+        yy, xx = np.indices(m.shape)
+        dy, dx = float((m * yy).sum() / tot) - c, float((m * xx).sum() / tot) - c
+        lim = 0.25 * self._side  # a jump of more than this in one frame is a segmentation fault
+        if np.hypot(dy, dx) > lim:
+            return self._centre
+        assert self._field is not None
+        x0, y0, x1, y1 = self._field
+        # the crop may reach past the field (its border pixels are repeated): the cell is followed
+        # as long as its centre is inside
+        return (float(np.clip(self._centre[0] + dy, 0, (y1 - y0) - 1)),
+                float(np.clip(self._centre[1] + dx, 0, (x1 - x0) - 1)))
+
     def process(self, image: np.ndarray, timestamp: float) -> FrameResult:
         """Process one full camera frame; never raises for a frame without a cell (ok=False).
 
@@ -449,46 +280,56 @@ class LivePipeline:
         t0 = time.perf_counter()
         idx = self._index
         self._index += 1
-        if self._roi is None or idx % self.cfg.detect_every == 0:
+        if self._field is None or idx % self.cfg.detect_every == 0:
             dets = self._detect(image)
             if dets:
                 self._box = dets[0].box
-                if self._roi is None:
-                    x0, y0, x1, y1 = self._box
-                    self._roi = self._place_roi(np.shape(image)[:2], (x0 + x1) / 2, (y0 + y1) / 2)
-            elif self._roi is None:
+                if self._field is None:
+                    self._place(np.shape(image)[:2], self._box)
+            elif self._field is None:
                 return FrameResult(idx, None, None, None, None, None, False)
-        x0, y0, x1, y1 = self._roi
-        crop = to_gray_float(image[y0:y1, x0:x1])  # only the ROI is converted
+        assert self._field is not None and self._centre is not None and self.recon is not None
+        fx0, fy0, fx1, fy1 = self._field
+        field = np.asarray(image[fy0:fy1, fx0:fx1])
+        if field.ndim == 3:
+            field = to_gray_float(field)
+        side, c = self._side, (self._side - 1) / 2.0
+        cy, cx = self._centre
+        crop = cv2.getRectSubPix(to_gray_float(field), (side, side), (cx, cy))
         mask = self.segmenter.segment(crop)
         contour = outer_contour(mask) if mask.any() else None
         if contour is None:
             return FrameResult(idx, self._box, None, None, None, None, False)
-        cx, cy, r = enclosing_circle(contour)
+        ex, ey, r = enclosing_circle(contour)
         if self._i0 is None:
             self._i0 = border_level(crop)
-        n = self.cfg.volume_size
-        if crop.shape[0] != n:
+        ox, oy = cx - c, cy - c  # crop origin in the field
+        n = self._n_live
+        if side != n:
             small = cv2.resize(crop, (n, n), interpolation=cv2.INTER_AREA)
             small_mask = cv2.resize(mask.astype(np.uint8), (n, n), interpolation=cv2.INTER_NEAREST).astype(bool)
         else:
             small, small_mask = crop, mask
-        # the tracker works on the reconstruction grid: the same pixels the refinement and the
-        # back-projection see, and 4x fewer than a 256 px crop
+        # the tracker works on the live grid: the same pixels the live back-projection sees
         angle = self.tracker.update(small, small_mask) + self._shift
         proj = -np.log(np.clip(small / self._i0, 1e-3, None)).astype(np.float32)
         self.projections.append(proj)
+        self.fields.append(field.copy())
+        self.centres.append((cy, cx))
         self.angles.append(angle)
         self.timestamps.append(float(timestamp))
         self.recon.add(proj, angle)
+        self._centre = self._follow(crop, mask)  # where the next frame's crop goes
         self._adopt_resolve()
         n_now, every = len(self.projections), self.cfg.resolve_every
         if every > 0 and self._resolver is None and n_now >= max(every, 1.5 * self._resolve_n):
             self._start_resolve()
-        scale = crop.shape[0] / n
-        feats = (self.tracker.features + 0.5) * np.float32(scale) - 0.5 + np.array([x0, y0], np.float32)
+        scale = side / n
+        origin = np.array([fx0 + ox, fy0 + oy], np.float32)
+        feats = (self.tracker.features + 0.5) * np.float32(scale) - 0.5 + origin
         self._t_process += time.perf_counter() - t0
-        return FrameResult(idx, self._box, contour + [x0, y0], (cx + x0, cy + y0, r), feats, float(angle), True)
+        return FrameResult(idx, self._box, contour + origin, (ex + origin[0], ey + origin[1], r), feats,
+                           float(angle), True)
 
     def _start_resolve(self) -> None:
         """Re-solve the angles of all frames so far on a worker thread (see the class doc)."""
@@ -549,48 +390,168 @@ class LivePipeline:
         self.n_resolves += 1
 
     def snapshot(self) -> VolumeSnapshot | None:
-        return self.recon.snapshot()
+        return self.recon.snapshot() if self.recon is not None else None
+
+    def registered(self) -> Registration:
+        """The stored fields registered again with a per-pixel flat field (:func:`register`)."""
+        if not self.fields:
+            raise ReconstructionError("no frames with a cell to register")
+        assert self.cell_diameter_px is not None
+        side = self.cfg.roi_px or None  # None: sized from the cell measured on the line integrals
+        return register(np.stack(self.fields), np.asarray(self.centres), 0.5 * self.cell_diameter_px, side)
+
+    def residual_motion_px(self, reg: Registration) -> float:
+        """RMS of the cell's translation (px) once the orbit of its centre of mass about the
+        rotation axis is taken out: the vertical spread of the centres of mass (a rotation about
+        a vertical axis does not move them vertically) and the lateral residual of a fit
+        ``c + a cos(theta) + b sin(theta)`` on the live angles (a rotation about an axis off the
+        centre of mass swings it sideways once per turn)."""
+        cen = reg.centres
+        th = np.deg2rad(np.asarray(self.tracker.angles_deg, np.float64)[: len(cen)])
+        design = np.stack([np.ones_like(th), np.cos(th), np.sin(th)], axis=1)
+        coef, *_ = np.linalg.lstsq(design, cen[:, 1], rcond=None)
+        lateral = cen[:, 1] - design @ coef
+        vertical = cen[:, 0] - cen[:, 0].mean()
+        return float(np.sqrt(np.mean(lateral ** 2) + np.mean(vertical ** 2)))
+
+    def _fixed_crops(self) -> tuple[np.ndarray, np.ndarray]:
+        """Line integrals (T, side, side) of one crop fixed where the cell was first found (no
+        resampling, the border level as I0) and the cell masks: the crop of a cell that stays
+        still, exactly as the pipeline kept it before per-frame registration."""
+        assert self._first_centre is not None and self._i0 is not None
+        side, c = self._side, (self._side - 1) / 2.0
+        y0 = int(round(self._first_centre[0] - c))
+        x0 = int(round(self._first_centre[1] - c))
+        crops, masks = [], []
+        for f in self.fields:
+            fh, fw = f.shape[:2]
+            yy, xx = int(np.clip(y0, 0, max(fh - side, 0))), int(np.clip(x0, 0, max(fw - side, 0)))
+            crop = to_gray_float(f[yy:yy + side, xx:xx + side])
+            if crop.shape != (side, side):  # a field smaller than the crop: pad with the background
+                crop = cv2.copyMakeBorder(crop, 0, side - crop.shape[0], 0, side - crop.shape[1],
+                                          cv2.BORDER_CONSTANT, value=float(self._i0))
+            crops.append(-np.log(np.clip(crop / self._i0, 1e-3, None)).astype(np.float32))
+            masks.append(self.segmenter.segment(crop))
+        return np.stack(crops), np.stack(masks)
+
+    def _solve(self, full: np.ndarray, masks: np.ndarray | None, radius: float,
+               progress: Callable[[str], None] | None) -> _Candidate:
+        """The angle stage on one set of crops (binned to ``angle_grid``, tracked again)."""
+        side = full.shape[1]
+        ga = int(min(side, self.cfg.angle_grid))
+        proj = _binned(full, ga)
+        tracker = RotationTracker(self._tracker_cfg)
+        if masks is not None:
+            small_masks = _binned(masks.astype(np.uint8), ga, cv2.INTER_NEAREST).astype(bool)
+        else:
+            disk = disk_mask((ga, ga), ((ga - 1) / 2.0, (ga - 1) / 2.0), radius * ga / side)
+            small_masks = np.broadcast_to(disk, proj.shape)
+        for p, m in zip(proj, small_masks):
+            tracker.update(np.exp(-p), m)
+        ang, ref, info = estimate_angles(tracker, proj, smooth=self.cfg.smooth, per_frame=self.cfg.per_frame,
+                                         match_iterations=self.cfg.match_iterations, progress=progress)
+        mirror = None
+        if ref is not None:
+            mirror = float(_FairMirrorPairs(proj, ref.axis_offset_px, ref.tilt_deg).residuals([ang])[0])
+        return _Candidate(full, ang, ref, info, mirror, ga)
 
     def finalize(self, angles_deg: np.ndarray | None = None,
                  progress: Callable[[str], None] | None = None) -> ReconstructionResult:
-        """Final angles (track fit + mirror symmetry), batch FBP; ``angles_deg`` overrides them.
+        """Final registration, angles (track fit + mirror symmetry) and batch FBP; ``angles_deg``
+        (one per used frame) overrides the angles.
 
-        ``progress`` is called with the name of each step as it starts (see :func:`estimate_angles`).
+        The stored fields are flat-fielded and the cell's centre of mass found in every frame
+        (:mod:`.registration`); the residual translation (:meth:`residual_motion_px`) decides
+        which crops the angle stage sees: under ``still_px`` one fixed crop (the angle stage
+        reads 0.05 px of per-frame jitter as tenths of a degree, and a noisy frame's centre of
+        mass carries ~0.1 px), over ``moving_px`` the crops re-centred on every frame's centre
+        of mass, in between both, and the angle set whose fair mirror residual is lower wins.
+        The angle stage tracks the crops again, binned to at most ``angle_grid`` (its cost
+        grows with the square of the side; the angles do not gain from more pixels), and the
+        volume is back-projected at ``volume_size`` (default the crop at the camera's
+        resolution, binned above ``max_grid``). ``progress`` is called with the name of each
+        step as it starts (see :func:`estimate_angles`).
         """
         self.close()  # a preview re-solve still in flight is dropped: the final angles replace it
         n_used = len(self.projections)
         if n_used < self.cfg.min_frames:
             raise ReconstructionError(f"only {n_used} frames with a cell; need at least {self.cfg.min_frames}")
         t0 = time.perf_counter()
-        proj = np.stack(self.projections)
-        report: dict[str, Any] = {"frames_used": n_used, "frames_seen": self._index, "flags": []}
+        step = progress or (lambda _name: None)
+        step("registration: flat field and per-frame centre of mass")
+        reg = self.registered()
+        motion = self.residual_motion_px(reg)
+        # given angles: the registered crops (their axis is the crop centre by construction;
+        # a fixed crop's axis would have to be found)
+        if angles_deg is not None or not self.cfg.refine or motion >= self.cfg.moving_px:
+            kinds = ["registered"]
+        elif motion < self.cfg.still_px:
+            kinds = ["fixed"]
+        else:
+            kinds = ["registered", "fixed"]
+        report: dict[str, Any] = {"frames_used": n_used, "frames_seen": self._index, "flags": [],
+                                  "cell_diameter_px": self.cell_diameter_px,
+                                  "registration": dict(reg.report(), residual_motion_px=motion)}
+        t_reg = time.perf_counter() - t0
         offset, tilt = 0.0, 0.0
+        full = reg.projections
         if angles_deg is not None:
             ang = np.asarray(angles_deg, np.float64)
         elif self.cfg.refine:
-            ang, ref, info = estimate_angles(self.tracker, proj, smooth=self.cfg.smooth, per_frame=self.cfg.per_frame,
-                                             match_iterations=self.cfg.match_iterations, progress=progress)
+            found: dict[str, _Candidate] = {}
+            for kind in kinds:
+                step(f"tracking the {kind} crops" if len(kinds) > 1 else "tracking the registered frames")
+                crops, masks = (reg.projections, None) if kind == "registered" else self._fixed_crops()
+                found[kind] = self._solve(crops, masks, reg.radius, progress)
+            scored = [k for k in kinds if found[k].mirror_deg is not None]
+            kind = min(scored, key=lambda k: found[k].mirror_deg) if scored else kinds[0]
+            if len(kinds) > 1:
+                report["registration"]["candidates_mirror_deg"] = {k: found[k].mirror_deg for k in kinds}
+            best = found[kind]
+            report["registration"]["mode"] = ("per-frame centre of mass" if kind == "registered"
+                                              else "fixed crop (the cell stayed still)")
+            full, ang, ref, info = best.full, best.angles, best.ref, best.info
             report["flags"] += info.pop("flags")
             report.update(info)
             if ref is not None:
-                offset, tilt = ref.axis_offset_px, ref.tilt_deg
+                offset, tilt = ref.axis_offset_px * full.shape[1] / best.grid, ref.tilt_deg
+                if abs(tilt) < self.cfg.min_tilt_deg:
+                    # no clear evidence: under 0.3 deg the top of a 100 px cell moves 0.26 px,
+                    # less than the resampling that would undo it costs
+                    report["tilt_found_deg"], tilt = tilt, 0.0
                 report["mirror_pairs"] = len(ref.anchors)
                 report["mirror_match_error"] = ref.match_error
         else:
             ang = np.asarray(self.tracker.angles_deg, np.float64)
+        report["registration"].setdefault("mode", "per-frame centre of mass")
+        side = full.shape[1]
+        report["crop_px"] = side
+        t_ang = time.perf_counter() - t0 - t_reg
+        if angles_deg is None and self.cfg.refine:
+            report["angle_confidence"] = angle_confidence(report)
+            level = report["angle_confidence"]["level"]
+            if level != "good":
+                report["flags"].append(f"angles {level}: " + "; ".join(report["angle_confidence"]["reasons"]))
         coverage = float(np.ptp(ang))
         if coverage < 180.0:
             report["flags"].append(f"partial: angle coverage {coverage:.1f} deg < 180 deg (limited-angle artefacts)")
         weights = "circular" if coverage >= 180.0 else "trapezoid"
-        if progress is not None:
-            progress("filtered back-projection")
-        vol = fbp(proj, ang, axis_offset_px=offset, tilt_deg=tilt, filter_name=self.cfg.filter_name, weights=weights)
+        step("filtered back-projection")
+        n = int(self.cfg.volume_size or min(side, self.cfg.max_grid))
+        if n != side and self.cfg.volume_size is None:
+            report["flags"].append(f"crop of {side} px binned to a {n} px grid (set the grid with --size)")
+        vproj = _binned(full, n)
+        vol = fbp(vproj, ang, axis_offset_px=offset * n / side, tilt_deg=tilt, filter_name=self.cfg.filter_name,
+                  weights=weights)
         report.update(
             coverage_deg=coverage,
-            axis_offset_px=offset * self.cfg.roi_px / self.cfg.volume_size,
+            axis_offset_px=offset,
             tilt_deg=tilt,
+            grid=n,
+            voxel_px=side / n,
             timings_s={"per_frame_mean": self._t_process / max(n_used, 1), "finalize": time.perf_counter() - t0,
+                       "registration": t_reg, "angles": t_ang,
                        "detect_mean": self.detect_seconds / max(self.n_detections, 1)},
             detections=self.n_detections,
         )
-        return ReconstructionResult(vol, ang, offset, tilt, report)
+        return ReconstructionResult(vol, ang, offset * n / side, tilt, report, vproj)

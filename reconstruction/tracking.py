@@ -20,7 +20,7 @@ Observations:
   (first Helgason-Ludwig moment), never lost and never sliding - it anchors the fit against the
   slow drift of optical-flow features. Its weight against an LK observation (``band_weight``)
   has no single best value (flow tracks slide ~1 px, centroids are noisy on orbits of ~1.5 px):
-  ``live.estimate_angles`` averages the fits of several weights.
+  ``final_angles.estimate_angles`` averages the fits of several weights.
 
 :func:`scale_search` (a periodogram over the rotation rate) gives a starting trace that does not
 depend on the nominal step. An in-plane tilt of the rotation axis makes features move along a
@@ -29,7 +29,7 @@ or the mirror estimate of ``refinement``). The sign of the rotation is unobserva
 projections (a transparent cell turning +theta looks like its mirror image turning -theta): it
 comes from ``direction``. The live (per-frame) estimate is a causal approximation refitted every
 ``refit_every`` frames; the final angles come from :meth:`RotationTracker.solve` alternated with
-the mirror refinement (``live.estimate_angles``).
+the mirror refinement (``final_angles.estimate_angles``).
 """
 
 from __future__ import annotations

@@ -11,7 +11,15 @@ here, in one place:
   downloads one for its plots);
 - ``settings.update(sync=False)``: no analytics / crash reports;
 - ``OMP_NUM_THREADS`` set explicitly, and torch's thread count, so 2-core PCs are not
-  oversubscribed (oversubscription made torch 10x slower on the reference machine).
+  oversubscribed (oversubscription made torch 10x slower on the reference machine);
+- OpenCV's thread count pinned once at process start-up (:func:`configure_opencv_threads`).
+
+Why the OpenCV pin: ``import ultralytics`` runs ``cv2.setNumThreads(0)``. Changing OpenCV's
+thread count re-plans its worker pool, and a ``cv2`` call running in another thread at that
+moment (the camera thread's ``connectedComponentsWithStats``) can die with a divide error
+(SIGFPE, the whole process gone). Setting the same value once, before any worker thread
+exists, makes ultralytics' later call a no-op: the count does not change, so the pool is left
+alone. The import itself runs under a module-level lock, and the count is checked afterwards.
 
 Models are always built from a yaml or a local ``.pt``; never from a bare hub name.
 """
@@ -23,6 +31,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 from mcf_rotator.errors import McfRotatorError
@@ -30,6 +39,64 @@ from mcf_rotator.errors import McfRotatorError
 log = logging.getLogger(__name__)
 
 _FONT_NAMES = ("Arial.ttf", "Arial.Unicode.ttf")
+
+#: OpenCV's thread count for the whole process: the value ``import ultralytics`` sets
+#: (``cv2.setNumThreads(0)``: OpenCV runs its loops on the calling thread).
+OPENCV_THREADS = 0
+
+_OPENCV_LOCK = threading.Lock()
+_opencv_configured = False
+#: held while ``ultralytics`` is imported (two threads never import it at once)
+_IMPORT_LOCK = threading.RLock()
+
+
+def configure_opencv_threads() -> None:
+    """Pin OpenCV's thread count to :data:`OPENCV_THREADS`, once per process.
+
+    Call it at process start-up, before any thread that uses ``cv2`` exists (the CLI and the
+    GUI entry do; so does the rig controller before it starts its camera thread). Later calls
+    are free. After it, ``import ultralytics`` no longer changes OpenCV's threading.
+    """
+    global _opencv_configured
+    if _opencv_configured:
+        return
+    with _OPENCV_LOCK:
+        if _opencv_configured:
+            return
+        try:
+            import cv2
+        except ImportError:  # no OpenCV: nothing to pin
+            return
+        cv2.setNumThreads(OPENCV_THREADS)
+        _opencv_configured = True
+
+
+def import_ultralytics() -> object:
+    """``import ultralytics`` with OpenCV's threading pinned first, under a module-level lock.
+
+    Raises :class:`UltralyticsUnavailableError` when it cannot be imported. Call
+    :func:`setup_ultralytics` first (it calls this); importing ultralytics anywhere else in
+    the package goes through here.
+    """
+    configure_opencv_threads()
+    with _IMPORT_LOCK:
+        try:
+            import cv2
+        except ImportError:
+            cv2 = None
+        before = cv2.getNumThreads() if cv2 is not None else None
+        try:
+            import ultralytics
+            import ultralytics.utils  # noqa: F401 - the module whose import touches cv2
+        except Exception as exc:  # ImportError, OSError from a broken CUDA/torch install, ...
+            raise UltralyticsUnavailableError(f"ultralytics/torch cannot be imported: {exc}") from exc
+        if cv2 is not None and cv2.getNumThreads() != before:  # a future ultralytics changed it
+            log.warning(
+                "importing ultralytics changed OpenCV's thread count (%s -> %s); set back",
+                before, cv2.getNumThreads(),
+            )
+            cv2.setNumThreads(OPENCV_THREADS)
+        return ultralytics
 
 
 class UltralyticsUnavailableError(McfRotatorError):
@@ -105,9 +172,11 @@ def setup_ultralytics(config_dir: str | Path | None = None, threads: int | None 
 
         if threads is not None:
             torch.set_num_threads(int(threads))
-        from ultralytics.utils import SETTINGS
     except Exception as exc:  # ImportError, OSError from a broken CUDA/torch install, ...
         raise UltralyticsUnavailableError(f"ultralytics/torch cannot be imported: {exc}") from exc
+    import_ultralytics()
+    from ultralytics.utils import SETTINGS
+
     try:
         SETTINGS.update({"sync": False})
     except Exception as exc:  # a read-only settings file must not stop inference

@@ -31,7 +31,7 @@ import numpy as np
 from mcf_rotator.errors import InputFileError, McfRotatorError
 from mcf_rotator.reconstruction.detection import ClassicalDetector, Detection
 from mcf_rotator.reconstruction.segmentation import ClassicalSegmenter
-from mcf_rotator.reconstruction.ultralytics_env import UltralyticsUnavailableError, setup_ultralytics
+from mcf_rotator.reconstruction.ultralytics_env import UltralyticsUnavailableError, import_ultralytics, setup_ultralytics
 from mcf_rotator.reconstruction.yolo_dataset import Sample, resolve_dataset, to_uint8
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,9 @@ def default_weights_path() -> Path:
 def _load_yolo(weights: str | Path, threads: int | None) -> Any:
     setup_ultralytics(threads=threads)
     try:
-        from ultralytics import YOLO
+        YOLO = import_ultralytics().YOLO  # OpenCV's threading pinned, import under a lock
+    except UltralyticsUnavailableError:
+        raise
     except Exception as exc:
         raise UltralyticsUnavailableError(f"ultralytics cannot be imported: {exc}") from exc
     path = Path(weights)

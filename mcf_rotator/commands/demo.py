@@ -75,8 +75,9 @@ def run_headless(
     # the camera frame rate
     duration_s = cfg.rotation.target_coverage_deg * 1.25 / cfg.rotation.rate_deg_s
     cfg.camera.frame_rate_hz = float(min(max(frames / duration_s, 1.0), 10_000.0))
-    out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
+    from mcf_rotator.reconstruction.io import prepare_output_dir
+
+    out = prepare_output_dir(output)  # created (or refused with the cause) before the run starts
     t0 = time.perf_counter()
     rig = build_rig(cfg, realtime=False)
     # the demo starts from a calibrated fibre: the simulator's ideal per-core correction stands

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
+
+from mcf_rotator.errors import InputFileError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -20,10 +23,23 @@ def run(args: argparse.Namespace) -> int:
     from mcf_rotator.reconstruction.io import read_volume
     from mcf_rotator.reconstruction.metrics import volume_metrics
 
-    m = volume_metrics(read_volume(args.volume), read_volume(args.truth), args.normalisation)
+    # read_volume refuses NaN/inf voxels (exit 2, file named): metrics of such a volume are meaningless
+    volume, truth = read_volume(args.volume), read_volume(args.truth)
+    if volume.shape != truth.shape:
+        raise InputFileError(f"{args.volume}: volume of shape {volume.shape}, truth {args.truth} is {truth.shape}")
+    m = volume_metrics(volume, truth, args.normalisation)
     if args.json:
-        print(json.dumps(m, indent=2))
+        # strict JSON: an infinite PSNR (identical volumes) is null, never the non-standard Infinity
+        print(json.dumps({k: _json_number(v) for k, v in m.items()}, indent=2, allow_nan=False))
     else:
         for k, v in m.items():
             print(f"{k:8s} {v:.6g}")
     return 0
+
+
+def _json_number(value: object) -> object:
+    try:
+        f = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return value
+    return f if math.isfinite(f) else None

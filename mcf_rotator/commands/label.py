@@ -37,11 +37,19 @@ def label_lines_to_polygons(lines: list[str], shape: tuple[int, int]) -> list[np
     """YOLO polygon lines -> napari (row, col) polygons; box lines become rectangles."""
     h, w = shape
     out = []
-    for line in lines:
+    for k, line in enumerate(lines, start=1):
         vals = line.split()
-        if len(vals) < 5:
+        if not vals:
             continue
-        nums = np.array([float(v) for v in vals[1:]])
+        try:
+            nums = np.array([float(v) for v in vals[1:]])
+        except ValueError:
+            raise ValueError(f"line {k}: not numbers: {line.strip()[:60]!r}") from None
+        if nums.size < 4 or (nums.size != 4 and nums.size % 2) or not np.all(np.isfinite(nums)):
+            raise ValueError(
+                f"line {k}: expected 'class x1 y1 x2 y2 ...' (a polygon) or 'class cx cy w h' (a box), "
+                f"got {line.strip()[:60]!r}"
+            )
         if nums.size == 4:
             cx, cy, bw, bh = nums
             xy = np.array([[cx - bw / 2, cy - bh / 2], [cx + bw / 2, cy - bh / 2], [cx + bw / 2, cy + bh / 2], [cx - bw / 2, cy + bh / 2]])
@@ -124,8 +132,44 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _has_display() -> bool:
+    """A screen napari can open a window on (Linux: an X or Wayland display, or a Qt platform
+    chosen explicitly); Windows and macOS always have one."""
+    import os
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or os.environ.get("QT_QPA_PLATFORM"))
+
+
+def check_existing_labels(out: Path, frames: list[tuple[str, np.ndarray]]) -> None:
+    """Every label file already in ``out`` for these frames must parse (refused before the window opens)."""
+    for i, (name, img) in enumerate(frames):
+        lab = out / "labels" / _split_for(i) / f"{name}.txt"
+        if not lab.is_file():
+            continue
+        try:
+            label_lines_to_polygons(lab.read_text().splitlines(), img.shape[:2])
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputFileError(f"{lab}: cannot be read ({exc})") from exc
+        except ValueError as exc:
+            raise InputFileError(f"{lab}: not a YOLO label file: {exc} (fix or delete it)") from exc
+
+
 def run(args: argparse.Namespace) -> int:
+    from mcf_rotator.reconstruction.io import prepare_output_dir
+
+    if args.every < 1:
+        raise InputFileError(f"--every must be at least 1 (got {args.every})")
     frames = load_frames(args.source, args.every)
+    check_existing_labels(args.out, frames)
+    if not _has_display():
+        raise InputFileError(
+            "label opens a napari window but there is no display (DISPLAY / WAYLAND_DISPLAY not set); "
+            "run it in a desktop session (or over ssh -X)"
+        )
+    prepare_output_dir(args.out)
     detector = None
     if args.prelabel:
         from mcf_rotator.reconstruction.yolo import make_default_detector

@@ -22,9 +22,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--angles-out", type=Path, default=None, help="write the per-frame angles CSV here")
     p.add_argument("--pixel-size", type=float, default=None, help="camera pixel size in um (voxel size metadata)")
     p.add_argument("--report", type=Path, default=None, help="write a JSON report here")
-    p.add_argument("--roi", type=int, default=None, help="crop side in pixels (default: fit the frame, max 256)")
-    p.add_argument("--size", type=int, default=128, help="reconstruction grid side (default 128)")
-    p.add_argument("--cell-px", type=float, default=140.0, help="expected cell diameter in pixels")
+    p.add_argument("--roi", type=int, default=None,
+                   help="crop side in camera pixels (default: the measured cell diameter plus a margin)")
+    p.add_argument("--size", type=int, default=None,
+                   help="reconstruction grid side (default: the crop at the camera's resolution; smaller bins)")
+    p.add_argument("--cell-px", type=float, default=None,
+                   help="expected cell diameter in pixels (default: measured from the first detections)")
     p.add_argument("--direction", type=int, choices=(-1, 1), default=1, help="commanded rotation sign")
     p.set_defaults(func=run)
 
@@ -40,39 +43,34 @@ def _frames_with_progress(frames: np.ndarray, name: str) -> Iterable[np.ndarray]
 
 def run(args: argparse.Namespace) -> int:
     from mcf_rotator.reconstruction.io import read_angles, read_stack, write_angles, write_volume
-    from mcf_rotator.reconstruction.live import LivePipeline, LivePipelineConfig
+    from mcf_rotator.reconstruction.stack import reconstruct_frames
 
     t0 = time.perf_counter()
     frames = read_stack(args.input)
     known = read_angles(args.angles) if args.angles else None
     if known is not None and known.size != frames.shape[0]:
         raise ReconstructionError(f"{args.angles}: {known.size} angles for {frames.shape[0]} frames in {args.input}")
-    roi = args.roi or min(256, min(frames.shape[1:3]))
-    size = min(args.size, roi)
-    # offline: no live view to sharpen, so no background re-solves of the live angles
-    cfg = LivePipelineConfig(roi_px=roi, volume_size=size, cell_px=args.cell_px, direction=args.direction,
-                             resolve_every=0)
-    pipe = LivePipeline(cfg)
-    used = []
-    # progress on stderr (stdout keeps the result lines): frames, then the steps of the final angles
-    for i, f in enumerate(_frames_with_progress(frames, args.input.name)):
-        if pipe.process(f, float(i)).ok:
-            used.append(i)
-    if not used:
-        raise ReconstructionError(f"{args.input}: no cell found in any of {frames.shape[0]} frames")
-    result = pipe.finalize(None if known is None else known[used],
-                           progress=lambda step: print(f"final angles: {step}", file=sys.stderr, flush=True))
-    voxel = args.pixel_size * roi / size if args.pixel_size else None
-    write_volume(args.output, result.volume, voxel)
-    angles = np.full(frames.shape[0], np.nan)
-    angles[used] = result.angles_deg
+    from mcf_rotator.reconstruction.io import prepare_output_file
+
+    for target in (args.output, args.angles_out, args.report):  # refused now, not after the work
+        if target is not None:
+            prepare_output_file(target)
+    try:
+        # progress on stderr (stdout keeps the result lines): frames, then the steps of the final angles
+        out = reconstruct_frames(frames, known, pixel_size_um=args.pixel_size, roi_px=args.roi, size=args.size,
+                                 cell_px=args.cell_px, direction=args.direction,
+                                 progress=lambda step: print(f"final angles: {step}", file=sys.stderr, flush=True),
+                                 frame_iter=lambda f: _frames_with_progress(f, args.input.name))
+    except ReconstructionError as exc:
+        raise ReconstructionError(f"{args.input}: {exc}") from exc
+    write_volume(args.output, out.volume, out.voxel_um)
     if args.angles_out:
-        write_angles(args.angles_out, angles)
-    report = dict(result.report, input=str(args.input), frames_total=int(frames.shape[0]), voxel_um=voxel)
+        write_angles(args.angles_out, out.angles_deg)
+    report = dict(out.report, input=str(args.input))
     report["timings_s"]["total"] = time.perf_counter() - t0
     if args.report:
         Path(args.report).write_text(json.dumps(report, indent=2, default=float))
     for flag in report["flags"]:
         print(f"warning: {flag}")
-    print(f"{args.output}: volume {result.volume.shape}, {len(used)} frames, coverage {report['coverage_deg']:.1f} deg")
+    print(f"{args.output}: volume {out.volume.shape}, {out.used.size} frames, coverage {report['coverage_deg']:.1f} deg")
     return 0

@@ -28,6 +28,12 @@ little power) scattering pushes the cell along the capillary; once it is farther
 ``capture_radius_um`` it is lost for good (``trapped`` False, it drifts out of view).
 With the laser off the cell only drifts slowly and can be caught again.
 
+Wobble: an ellipse that is not centred on the cell pushes it sideways twice per turn (the
+ellipse at phi and phi + 180 deg is the same spot): ``wobble_um * sin(2 theta + phase)`` across
+the axis and a third of it along, added to the position the camera sees
+(:meth:`RotationalTrap.displacement_um`). With the defaults the cell moves ~1 px RMS at
+0.086 um per pixel (Brownian ~0.07 um, drift, wobble 0.03 um): what a soft fibre trap does.
+
 Axis tilt: in-plane ``axis_tilt_deg`` with a slow +-30 % wobble, plus a small out-of-plane
 tilt (a quarter of it), as seen on real rotators.
 """
@@ -100,7 +106,8 @@ class TrapParameters:
     tilt_wobble_period_s: float = 23.0
     #: lateral restoring rate (1/s) per unit (power/nominal * efficiency)
     lateral_stiffness_s: float = 1.5
-    lateral_brownian_um: float = 0.08
+    lateral_brownian_um: float = 0.08  # um/sqrt(s); stationary RMS b / sqrt(2 k): ~0.07 um nominal
+    wobble_um: float = 0.03  # sideways push at twice the rotation frequency (off-centre ellipse)
     min_strength: float = 0.3
     escape_speed_um_s: float = 4.0
     capture_radius_um: float = 6.0
@@ -120,6 +127,7 @@ class RotationalTrap:
         self._drift_dir = self.rng.uniform(0, 2 * np.pi)
         self._escape_dir = np.array([self.rng.uniform(-0.3, 0.3), 1.0 if self.rng.random() < 0.5 else -1.0])
         self._tilt_phase = self.rng.uniform(0, 2 * np.pi)
+        self._wobble_phase = self.rng.uniform(0, 2 * np.pi)
         p = self.params
         ref_omega = np.deg2rad(0.7 * 0.55 * p.torque_gain_deg_s)
         self._ou_stiffness = 2.0 * ref_omega  # 1/s, linearised calibrated trap
@@ -142,6 +150,12 @@ class RotationalTrap:
         return p.axis_tilt_deg * (1.0 + 0.3 * wob), 0.25 * p.axis_tilt_deg * np.cos(
             2 * np.pi * self.time_s / (1.7 * p.tilt_wobble_period_s) + self._tilt_phase
         )
+
+    def displacement_um(self) -> np.ndarray:
+        """(x, y) of the cell centre from the trap centre as the camera sees it: the position
+        plus the 2x-rotation wobble."""
+        w = self.params.wobble_um * np.sin(np.deg2rad(2.0 * self.theta_deg) + self._wobble_phase)
+        return self.position_um + np.array([w, w / 3.0])
 
     # ------------------------------------------------------------------ integration
     def step(self, dt_s: float, beam: BeamState, power_mw: float, laser_on: bool) -> None:

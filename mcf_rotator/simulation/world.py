@@ -280,7 +280,7 @@ class SimulatedWorld:
             shape = tuple(shape or self.config.simulation.camera_shape)
             optics = optics or self.brightfield_optics()
             cy, cx = centre_px if centre_px is not None else ((shape[0] - 1) / 2.0, (shape[1] - 1) / 2.0)
-            pos = self.trap.position_um
+            pos = self.trap.displacement_um()
             cell = CellInstance(self.phantom, self.true_pose(),
                                 (cy + pos[1] / optics.pixel_um, cx + pos[0] / optics.pixel_um))
             meta = {
