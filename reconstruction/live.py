@@ -28,7 +28,7 @@ from mcf_rotator.reconstruction.detection import AutoSizeDetector, BoxDetector, 
 from mcf_rotator.reconstruction.fbp import fbp
 from mcf_rotator.reconstruction.incremental import IncrementalReconstructor, VolumeSnapshot
 from mcf_rotator.reconstruction.final_angles import _FairMirrorPairs, angle_confidence, estimate_angles
-from mcf_rotator.reconstruction.registration import Registration, disk_mask, register
+from mcf_rotator.reconstruction.registration import Registration, cell_radius, disk_mask, register
 from mcf_rotator.reconstruction.segmentation import ClassicalSegmenter, Segmenter, border_level, enclosing_circle, outer_contour
 from mcf_rotator.reconstruction.tracking import RotationTracker, TrackerConfig
 
@@ -59,7 +59,7 @@ class LivePipelineConfig:
     # final reconstruction grid; None: the crop at the camera's resolution (at most max_grid)
     volume_size: int | None = None
     live_size: int = 128  # live preview grid (at most; the crop when smaller)
-    angle_grid: int = 128  # the final angle stage runs on crops binned to at most this side
+    angle_grid: int = 128  # the final angle stage bins a cell larger than this to this size
     still_px: float = 0.3  # residual translation (RMS px) under which the cell counts as still
     moving_px: float = 1.0  # over it only the re-centred crops are tried (both in between)
     min_tilt_deg: float = 0.3  # a smaller tilt found is not applied (report: tilt_found_deg)
@@ -210,11 +210,20 @@ class LivePipeline:
         self.n_resolves = 0  # re-solves adopted so far
         self._resolve_n = 0  # frames in the last re-solve started
 
-    def _place(self, shape: tuple[int, int], box: tuple[int, int, int, int]) -> None:
-        """Size the crop from the detected cell and fix the field (crop + room to move) around it."""
-        h, w = shape
+    def _place(self, image: np.ndarray, box: tuple[int, int, int, int]) -> None:
+        """Size the crop from the detected cell and fix the field (crop + room to move) around it.
+
+        The size is the larger of the box and the extent of the cell's optical depth around the
+        box centre (:func:`cell_radius`): a detector often finds only the dense nucleus of a
+        faint cell (measured: a 38 px box on a 72 px cell)."""
+        h, w = np.shape(image)[:2]
         bx0, by0, bx1, by1 = box
         d = float(max(bx1 - bx0, by1 - by0, 8))
+        gray = to_gray_float(image)
+        i0 = border_level(gray)
+        od = -np.log(np.clip(gray / max(i0, 1e-6), 1e-3, None))[None]
+        r = cell_radius(od, np.array([[(by0 + by1) / 2.0, (bx0 + bx1) / 2.0]]), 0.5 * d, level=0.04)
+        d = float(min(max(d, 2.0 * r), 0.9 * min(h, w)))
         # generous: a detection can miss a faint rim (measured: 44 px found for a 72 px cell)
         side = int(self.cfg.roi_px or 2 * round((1.5 * d + 16) / 2))
         if side > h or side > w:
@@ -285,7 +294,7 @@ class LivePipeline:
             if dets:
                 self._box = dets[0].box
                 if self._field is None:
-                    self._place(np.shape(image)[:2], self._box)
+                    self._place(image, self._box)
             elif self._field is None:
                 return FrameResult(idx, None, None, None, None, None, False)
         assert self._field is not None and self._centre is not None and self.recon is not None
@@ -438,7 +447,10 @@ class LivePipeline:
                progress: Callable[[str], None] | None) -> _Candidate:
         """The angle stage on one set of crops (binned to ``angle_grid``, tracked again)."""
         side = full.shape[1]
-        ga = int(min(side, self.cfg.angle_grid))
+        # binned only where the cell itself is larger than the angle grid: a crop with a wide
+        # margin must not cost the cell its pixels
+        ga = int(min(side, max(self.cfg.angle_grid, round(side * self.cfg.angle_grid / max(2.0 * radius, 1.0)))))
+        ga = min(ga, 2 * self.cfg.angle_grid)
         proj = _binned(full, ga)
         tracker = RotationTracker(self._tracker_cfg)
         if masks is not None:

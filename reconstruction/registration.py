@@ -161,12 +161,19 @@ def cell_radius(od: np.ndarray, centres: np.ndarray, start_radius: float, max_fr
         cnt += np.bincount(r[keep], minlength=rmax + 1)
     prof = acc / np.maximum(cnt, 1)
     prof = np.convolve(prof, np.ones(3) / 3, mode="same")
+    seen = np.flatnonzero(cnt > 0)
+    prof = prof[: seen[-1] + 1]
     core = float(prof[: max(2, int(0.5 * start_radius))].max())
-    # the background (noise) level: the far part of the profile
-    far = prof[min(rmax, int(2.5 * start_radius)):]
-    floor = float(np.median(far)) if far.size >= 3 else 0.0
-    above = np.flatnonzero(prof - floor > level * max(core - floor, 1e-9))
-    return float(above[-1]) if above.size else float(start_radius)
+    # the background level: beyond 2.5 radii where the field reaches that far, else the outer
+    # quarter of what it shows (a tight frame)
+    far = prof[int(2.5 * start_radius):] if prof.size > int(2.5 * start_radius) + 3 else prof[int(0.75 * prof.size):]
+    floor = float(np.median(far)) if far.size else 0.0
+    # the first fall below the level going outwards (a residual illumination error far out
+    # must not extend the cell), plus the halo just outside the rim
+    below = np.flatnonzero(prof[int(0.5 * start_radius):] - floor < level * max(core - floor, 1e-9))
+    if not below.size:
+        return float(prof.size - 1)
+    return float(int(0.5 * start_radius) + below[0] + 3)
 
 
 def smooth_track(centres: np.ndarray, noise_px: np.ndarray | float, max_sigma: float = 8.0) -> np.ndarray:
@@ -249,17 +256,25 @@ def register(frames: np.ndarray, centres: np.ndarray, radius: float, side: int |
     again on the line integrals, :func:`cell_radius`, and the window adds a margin to it);
     ``side`` the crop side (None: twice the measured radius plus margins; a crop may extend past
     the field, where the line integrals are zero). ``flat`` a known illumination (else
-    :func:`flat_field`, keeping out a generous 1.6 x the detected radius + 12 px).
+    :func:`flat_field`, keeping out 1.25 x the detected radius + 6 px, or 1.15 x the measured
+    radius + 8 px where that is smaller).
     """
     f = np.asarray(frames, np.float32)
     start = np.asarray(centres, np.float64).reshape(-1, 2)
     if f.ndim != 3 or len(f) != len(start):
         raise ValueError(f"frames {f.shape} and centres {start.shape} do not match")
-    # the cell plus its phase halo (a bright rim some 4 sigma of the defocus wide) is kept out;
-    # generous, since the detected radius is often short
-    flat = flat_field(f, start, 1.6 * radius + 12.0) if flat is None else np.asarray(flat, np.float32)
+    # the cell plus its phase halo (a bright rim some 4 sigma of the defocus wide) is kept out
+    # of the flat field; where the detected size was generous (a tight frame is then all
+    # "cell"), once more with the size measured on the line integrals
+    given = flat is not None
+    excl = 1.25 * radius + 6.0
+    flat = np.asarray(flat, np.float32) if given else flat_field(f, start, excl)
     od = -np.log(np.clip(f / flat, 1e-3, None))
-    measured = cell_radius(od, start, radius)
+    measured = cell_radius(od, start, radius, level=0.04)
+    if not given and 1.15 * measured + 8.0 < excl - 2.0:
+        flat = flat_field(f, start, 1.15 * measured + 8.0)
+        od = -np.log(np.clip(f / flat, 1e-3, None))
+        measured = cell_radius(od, start, measured, level=0.04)
     win = measured + 3.0
     side = int(side or 2 * int(np.ceil(1.1 * measured + 10)))
     cen = np.array([centre_of_mass(o, tuple(c), win, iterations=8) for o, c in zip(od, start)])

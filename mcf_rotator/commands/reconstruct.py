@@ -72,5 +72,7 @@ def run(args: argparse.Namespace) -> int:
         Path(args.report).write_text(json.dumps(report, indent=2, default=float))
     for flag in report["flags"]:
         print(f"warning: {flag}")
-    print(f"{args.output}: volume {out.volume.shape}, {out.used.size} frames, coverage {report['coverage_deg']:.1f} deg")
+    conf = report.get("angle_confidence", {}).get("level")
+    print(f"{args.output}: volume {out.volume.shape}, {out.used.size} frames, coverage {report['coverage_deg']:.1f} deg"
+          + (f", angles {conf}" if conf else ""))
     return 0
