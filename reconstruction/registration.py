@@ -276,7 +276,8 @@ def register(frames: np.ndarray, centres: np.ndarray, radius: float, side: int |
         od = -np.log(np.clip(f / flat, 1e-3, None))
         measured = cell_radius(od, start, measured, level=0.04)
     win = measured + 3.0
-    side = int(side or 2 * int(np.ceil(1.1 * measured + 10)))
+    # at most the field: beyond it nothing was recorded
+    side = int(side or min(2 * int(np.ceil(1.1 * measured + 10)), max(f.shape[1:]) // 2 * 2))
     cen = np.array([centre_of_mass(o, tuple(c), win, iterations=8) for o, c in zip(od, start)])
     # a frame whose window lost the cell (debris, a frame cut by the field edge) stands out
     # from its neighbours' track: it takes their median

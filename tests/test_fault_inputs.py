@@ -218,11 +218,17 @@ DEMO_CASES: list[Case] = [
 @pytest.mark.parametrize("name,build,words", DEMO_CASES, ids=[c[0] for c in DEMO_CASES])
 def test_demo_refuses_bad_output(tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str,
                                  build: Callable[[Path], list[str]], words: list[str]) -> None:
-    rc, out, err = _run(capsys, build(tmp_path))
+    _assert_refused(capsys, build(tmp_path), name, words)
+
+
+def _assert_refused(capsys: pytest.CaptureFixture[str], argv: list[str], name: str, words: list[str]) -> str:
+    """Exit 2, every word in the message, no traceback; returns stdout."""
+    rc, out, err = _run(capsys, argv)
     assert rc == 2, (name, out, err)
     for w in words:
         assert w in err, (name, w, err)
     _no_traceback(out, err)
+    return out
 
 
 # ----------------------------------------------------------------------------- evaluate
@@ -250,11 +256,7 @@ EVALUATE_CASES: list[Case] = [
 @pytest.mark.parametrize("name,build,words", EVALUATE_CASES, ids=[c[0] for c in EVALUATE_CASES])
 def test_evaluate_refuses_bad_volume(tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str,
                                      build: Callable[[Path], list[str]], words: list[str]) -> None:
-    rc, out, err = _run(capsys, build(tmp_path))
-    assert rc == 2, (name, out, err)
-    for w in words:
-        assert w in err, (name, w, err)
-    _no_traceback(out, err)
+    out = _assert_refused(capsys, build(tmp_path), name, words)
     assert "nan" not in out.lower()
 
 

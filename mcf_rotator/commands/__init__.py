@@ -10,6 +10,7 @@ COMMAND_MODULES = [
     "demo",
     "simulate",
     "reconstruct",
+    "batch",
     "evaluate",
     "train_corenet",
     "calibrate",
