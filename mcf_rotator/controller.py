@@ -1050,8 +1050,8 @@ class RigController:
                     self._info("finalising the reconstruction (angle refinement)")
                     recon = self._pipeline.finalize(progress=lambda step: self._info(f"final angles: {step}"))
                     result.reconstruction = recon
-                    conf = getattr(recon, "report", {}).get("angle_confidence") if isinstance(
-                        getattr(recon, "report", None), dict) else None
+                    report = getattr(recon, "report", None)
+                    conf = report.get("angle_confidence") if isinstance(report, dict) else None
                     if conf:  # the operator reads whether the angles can be trusted, in words
                         reasons = "; ".join(conf.get("reasons") or [])
                         self._info(f"angles {conf['level']}" + (f": {reasons}" if reasons else ""),

@@ -23,8 +23,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import warnings
+
 import cv2
 import numpy as np
+from scipy.ndimage import gaussian_filter1d, median_filter
 
 __all__ = ["Registration", "flat_field", "cell_radius", "smooth_track", "centre_noise", "centre_of_mass", "extract_centred", "register", "disk_mask"]
 
@@ -49,8 +52,6 @@ def _fill(flat: np.ndarray, valid: np.ndarray, frames: np.ndarray) -> np.ndarray
     coef, *_ = np.linalg.lstsq(basis[valid], flat[valid], rcond=None)
     surface = basis @ coef
     resid = np.where(valid, flat - surface, np.nan)
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a column never seen: no correction
         col = np.nanmedian(resid, axis=0)
@@ -61,9 +62,9 @@ def flat_field(frames: np.ndarray, centres: np.ndarray, radius: float, max_frame
     """Per-pixel illumination I0 (H, W) of a fixed field from frames with a moving cell in it.
 
     The temporal median of each pixel over the frames in which the cell (a disc of ``radius``
-    around its centre) does not cover it; pixels the cell covers in every frame are filled
-    column by column from the rows above and below (linear in the row: keeps the vertical
-    capillary walls and a vignetting gradient). ``max_frames`` evenly spaced frames are enough
+    around its centre) does not cover it; pixels the cell covers in every frame are filled by
+    :func:`_fill` (a quadratic surface plus each column's residual: keeps the vertical
+    capillary walls and the vignetting). ``max_frames`` evenly spaced frames are enough
     (the field is static; the median of 64 draws has ~1/6 of one frame's noise).
     """
     f = np.asarray(frames, np.float32)
@@ -72,12 +73,9 @@ def flat_field(frames: np.ndarray, centres: np.ndarray, radius: float, max_frame
     sub = f[pick].copy()
     for k, i in enumerate(pick):
         sub[k][disk_mask((h, w), tuple(centres[i]), radius)] = np.nan
-    with np.errstate(all="ignore"):
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pixels: filled below
-            flat = np.nanmedian(sub, axis=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pixels: filled below
+        flat = np.nanmedian(sub, axis=0)
     holes = ~np.isfinite(flat)
     if holes.any():
         flat[holes] = _fill(flat, ~holes, f)[holes]
@@ -185,8 +183,6 @@ def smooth_track(centres: np.ndarray, noise_px: np.ndarray | float, max_sigma: f
     window of a Kalman smoother for a random walk in white noise), at most ``max_sigma``. A
     still cell's jittering centres are averaged, a fast-moving one's are followed.
     """
-    from scipy.ndimage import gaussian_filter1d
-
     c = np.asarray(centres, np.float64).copy()
     noise = np.broadcast_to(np.asarray(noise_px, np.float64), (c.shape[1],))
     if len(c) < 8:
@@ -231,7 +227,6 @@ class Registration:
     centres: np.ndarray  # (T, 2) row, col of each frame's centre of mass (field pixels)
     radius: float  # the cell's radius (px) measured on the line integrals (:func:`cell_radius`)
     projections: np.ndarray  # (T, side, side) line integrals, centre of mass on the crop centre
-    start: np.ndarray  # (T, 2) the centres it started from
 
     def report(self) -> dict[str, float]:
         """Motion figures for the report (pixels of the field)."""
@@ -284,10 +279,8 @@ def register(frames: np.ndarray, centres: np.ndarray, radius: float, side: int |
     ok = np.all(np.isfinite(cen), axis=1)
     if ok.any():
         cen[~ok] = np.median(cen[ok], axis=0)
-    from scipy.ndimage import median_filter
-
     smooth = median_filter(cen, size=(9, 1), mode="nearest")
     bad = np.hypot(*(cen - smooth).T) > max(0.25 * measured, 4.0)
     cen[bad] = smooth[bad]
     cen = smooth_track(cen, centre_noise(od, cen, win, 1.6 * radius + 12.0))
-    return Registration(flat, cen, measured, extract_centred(od, cen, side), start)
+    return Registration(flat, cen, measured, extract_centred(od, cen, side))
