@@ -17,6 +17,7 @@ import numpy as np
 from mcf_rotator.errors import ReconstructionError
 from mcf_rotator.reconstruction.refinement import (
     Refinement,
+    _normalise,
     bandpass,
     best_partners,
     find_partners,
@@ -43,6 +44,7 @@ class _FairMirrorPairs:
 
     def __init__(self, projections: np.ndarray, offset_px: float, tilt_deg: float) -> None:
         self._bp = bandpass(np.asarray(projections, np.float32))
+        self._flat = _normalise(self._bp)
         self._geometry = (float(offset_px), float(tilt_deg))
         self._found: dict[bytes, list[tuple[float, float, float]]] = {}
 
@@ -51,7 +53,7 @@ class _FairMirrorPairs:
         for a in angle_sets:
             key = np.asarray(a, np.float64).tobytes()
             if key not in self._found:
-                self._found[key] = find_partners(self._bp, a, *self._geometry, 30.0)
+                self._found[key] = find_partners(self._bp, a, *self._geometry, 30.0, normalised=self._flat)
             searches.append(self._found[key])
         pairs = best_partners(searches)
         return [float(mirror_residual(a, pairs)) for a in angle_sets]

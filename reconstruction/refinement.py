@@ -31,6 +31,7 @@ Per-frame angles (no smoothness prior; the rig's cell stalls and bursts):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -64,19 +65,23 @@ def bandpass(images: np.ndarray, low: float = 1.0, high: float = 6.0) -> np.ndar
     return out
 
 
+@lru_cache(maxsize=64)
 def _reflection(shape: tuple[int, int], offset_px: float, tilt_deg: float) -> np.ndarray:
-    """2x3 affine map of the reflection about the axis line (its own inverse)."""
+    """2x3 affine map of the reflection about the axis line (its own inverse; cached: every frame
+    of a search is mirrored about the same line). Read-only."""
     h, w = shape
     t = np.deg2rad(tilt_deg)
     p = np.array([[-np.cos(2 * t), -np.sin(2 * t)], [-np.sin(2 * t), np.cos(2 * t)]])
     p0 = np.array([(w - 1) / 2.0 + offset_px, (h - 1) / 2.0])
-    return np.hstack([p, (p0 - p @ p0)[:, None]])
+    m = np.hstack([p, (p0 - p @ p0)[:, None]])
+    m.flags.writeable = False
+    return m
 
 
 def mirror_image(image: np.ndarray, offset_px: float = 0.0, tilt_deg: float = 0.0) -> np.ndarray:
     """Mirror ``image`` about the rotation axis (column (W-1)/2 + offset, tilted as pose_matrix)."""
     img = np.asarray(image, np.float32)
-    m = _reflection(img.shape, offset_px, tilt_deg)
+    m = _reflection(img.shape[:2], float(offset_px), float(tilt_deg))
     return cv2.warpAffine(img, m, (img.shape[1], img.shape[0]), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                           borderMode=cv2.BORDER_REPLICATE)
 
@@ -99,7 +104,7 @@ def _subframe(scores: np.ndarray, k: int) -> float:
 
 def find_partners(
     bp: np.ndarray, angles_deg: np.ndarray, offset_px: float, tilt_deg: float, search_deg: float = 12.0,
-    step: int = 1, period_deg: float = 180.0,
+    step: int = 1, period_deg: float = 180.0, normalised: np.ndarray | None = None,
 ) -> np.ndarray:
     """(frame, partner frame (fractional), NCC) rows for frames that have a +180 deg partner.
 
@@ -107,12 +112,15 @@ def find_partners(
     Candidates lie within ``search_deg`` of the tracked ``theta(t) + 180``; a match at the edge
     of the search window is rejected (the true one may lie outside). ``period_deg=360`` finds
     the same view one turn later instead (no mirroring): on sweeps over 360 deg these pairs also
-    reach the last frames, which have no +180 partner of their own.
+    reach the last frames, which have no +180 partner of their own. ``normalised``: the rows of
+    ``_normalise(bp)``, passed by callers that search the same stack several times (it is the
+    largest array the search makes).
     """
     a = np.asarray(angles_deg, np.float64)
     sgn = 1.0 if a[-1] >= a[0] else -1.0
     s = sgn * (a - a[0])
-    flat = _normalise(bp)
+    flat = _normalise(bp) if normalised is None else normalised
+    same_view = bool(np.isclose(np.mod(period_deg, 360.0), 0.0))  # a full turn: no mirroring
     rows = []
     for t in range(0, len(s), step):
         target = s[t] + period_deg
@@ -121,14 +129,14 @@ def find_partners(
         near = np.flatnonzero(np.abs(s - target) <= search_deg)
         if near.size < 3:
             continue
-        cand = np.arange(near[0], near[-1] + 1)  # contiguous even where noisy angles step back
-        view = bp[t] if np.isclose(np.mod(period_deg, 360.0), 0.0) else mirror_image(bp[t], offset_px, tilt_deg)
+        lo, hi = int(near[0]), int(near[-1]) + 1  # contiguous even where noisy angles step back
+        view = bp[t] if same_view else mirror_image(bp[t], offset_px, tilt_deg)
         m = _normalise(view[None])[0]
-        sc = flat[cand] @ m
+        sc = flat[lo:hi] @ m  # a slice: no copy of the candidates
         k = int(np.argmax(sc))
-        if k == 0 or k == cand.size - 1:
+        if k == 0 or k == hi - lo - 1:
             continue
-        rows.append((t, cand[0] + _subframe(sc, k), float(sc[k])))
+        rows.append((t, lo + _subframe(sc, k), float(sc[k])))
     return np.array(rows, np.float64).reshape(-1, 3)
 
 
@@ -153,9 +161,15 @@ def estimate_axis(bp: np.ndarray, pairs: np.ndarray, offset0: float = 0.0, tilt0
     targets = _normalise(np.stack([_interp_image(bp, f) for f in sel[:, 1]]))
     srcs = [bp[int(t)] for t in sel[:, 0]]
 
+    scores: dict[tuple[float, float], float] = {}
+
     def score(off: float, tilt: float) -> float:
-        m = _normalise(np.stack([mirror_image(s, off, tilt) for s in srcs]))
-        return float(np.sum(m * targets))
+        # memoised: the coordinate search asks for the current point once per direction
+        key = (off, tilt)
+        if key not in scores:
+            m = _normalise(np.stack([mirror_image(s, off, tilt) for s in srcs]))
+            scores[key] = float(np.sum(m * targets))
+        return scores[key]
 
     off, tilt = offset0, tilt0
     for d_off, d_tilt in ((1.0, 1.0), (0.25, 0.25), (0.06, 0.06)):
@@ -290,26 +304,27 @@ def refine_angles(
     # coarse axis on smoother images (the fine texture decorrelates a few pixels off the axis)
     # and a wide search: the tracked angles may be off by 10 % (18 deg at 180)
     coarse = bandpass(p, 2.0, 8.0)
+    n_coarse, n_bp = _normalise(coarse), _normalise(bp)  # each searched several times below
     cur = a.copy()
-    pairs = find_partners(coarse, a, off, tilt, 2.5 * window_deg, step=2)
+    pairs = find_partners(coarse, a, off, tilt, 2.5 * window_deg, step=2, normalised=n_coarse)
     if len(pairs) >= 3:
         off, tilt = estimate_axis(coarse, pairs, off, tilt)
-        pairs = find_partners(coarse, a, off, tilt, 2.5 * window_deg, step=1)
+        pairs = find_partners(coarse, a, off, tilt, 2.5 * window_deg, step=1, normalised=n_coarse)
         if len(pairs) >= 3:
             cur = warp_angles(a, pairs)
     pairs = np.zeros((0, 3))
     for it in range(iterations):
-        pairs = find_partners(bp, cur, off, tilt, window_deg, step=1 if it == iterations - 1 else 3)
+        pairs = find_partners(bp, cur, off, tilt, window_deg, step=1 if it == iterations - 1 else 3, normalised=n_bp)
         if len(pairs) < 3:
             raise ReconstructionError("too few mirror partners found; is the sweep over 180 deg?")
         off, tilt = estimate_axis(bp, pairs, off, tilt)
-        pairs = find_partners(bp, cur, off, tilt, window_deg)
+        pairs = find_partners(bp, cur, off, tilt, window_deg, normalised=n_bp)
         if len(pairs) < 3:
             raise ReconstructionError("too few mirror partners found after the axis fit")
         both = pairs
         if it == iterations - 1 and abs(cur[-1] - cur[0]) > 360.0 + window_deg:
             # full-turn pairs reach the frames after the last mirror partner
-            turn = find_partners(bp, cur, off, tilt, window_deg, period_deg=360.0)
+            turn = find_partners(bp, cur, off, tilt, window_deg, period_deg=360.0, normalised=n_bp)
             if len(turn):
                 both = np.vstack([np.c_[pairs, np.full(len(pairs), 180.0)], np.c_[turn, np.full(len(turn), 360.0)]])
         cur = smooth_angles(warp_angles(a, both), smooth)
@@ -344,7 +359,8 @@ def common_partners(projections: np.ndarray, angle_sets: list[np.ndarray], offse
     the union of the wide windows does not depend on which set is right.
     """
     bp = bandpass(np.asarray(projections, np.float32))
-    return best_partners([find_partners(bp, a, offset_px, tilt_deg, search_deg) for a in angle_sets])
+    flat = _normalise(bp)
+    return best_partners([find_partners(bp, a, offset_px, tilt_deg, search_deg, normalised=flat) for a in angle_sets])
 
 
 def best_partners(searches: list[list[tuple[float, float, float]]]) -> list[tuple[float, float]]:
