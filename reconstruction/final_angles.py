@@ -30,7 +30,7 @@ from mcf_rotator.reconstruction.refinement import (
 )
 from mcf_rotator.reconstruction.tracking import RotationTracker, scale_search
 
-__all__ = ["estimate_angles", "angle_confidence"]
+__all__ = ["estimate_angles", "angle_confidence", "mirror_checked_share"]
 
 
 class _FairMirrorPairs:
@@ -274,15 +274,39 @@ def estimate_angles(
     return ang - ang[0], ref, info
 
 
+def mirror_checked_share(angles_deg: np.ndarray) -> float:
+    """Share of the frames that the 180 deg mirror check reaches: those whose angle lies within
+    ``coverage - 180`` deg of either end of the sweep (a frame and its partner).
+
+    Why: on a 200 deg sweep only the first and last 20 deg have partners; the pairs pin the total
+    rotation, but say nothing about how the angles run in between, where the tracks alone decide
+    (two suite sweeps of 200 and 219 deg were 15-20 deg off with a mirror residual under 1 deg).
+    From 360 deg of coverage on, every frame is checked (1.0).
+    """
+    a = np.asarray(angles_deg, np.float64)
+    a = a[np.isfinite(a)]
+    if a.size < 2:
+        return 0.0
+    lo, hi = float(a.min()), float(a.max())
+    reach = hi - lo - 180.0
+    if reach <= 0:
+        return 0.0
+    return float(np.mean((a <= lo + reach) | (a >= hi - reach)))
+
+
 def angle_confidence(report: dict[str, Any], good_mirror_deg: float = 1.5, bad_mirror_deg: float = 3.0,
-                     bad_match: float = 0.5) -> dict[str, Any]:
+                     bad_match: float = 0.5, angles_deg: np.ndarray | None = None,
+                     min_checked_share: float = 0.5) -> dict[str, Any]:
     """How far the final angles can be trusted, from the evidence the angle stage left in ``report``.
 
     The mirror residual (deg): how far the 180 deg partners found in the images lie from where
     the angles put them, the one check independent of the tracks; on the accuracy suite it
     follows the angle error (about 1 deg of residual per 1-2 deg of mean error). The match
-    (median leave-half-out NCC of every projection with the volume of the others). Returns the
-    level (``good`` / ``uncertain`` / ``unreliable``), the figures and the reasons in words.
+    (median leave-half-out NCC of every projection with the volume of the others). With
+    ``angles_deg`` (the final angles), a sweep whose mirror check reaches under
+    ``min_checked_share`` of the frames (:func:`mirror_checked_share`; under 240 deg) is at best
+    ``uncertain``. Returns the level (``good`` / ``uncertain`` / ``unreliable``), the figures and
+    the reasons in words.
     """
     pf = report.get("per_frame") or {}
     rejected = any(str(f).startswith("per-frame angles rejected") for f in report.get("flags", []))
@@ -299,7 +323,18 @@ def angle_confidence(report: dict[str, Any], good_mirror_deg: float = 1.5, bad_m
     elif mirror > good_mirror_deg:
         level = "uncertain"
         reasons.append(f"the mirror pairs disagree with the angles by {mirror:.1f} deg")
+    checked = None
+    if angles_deg is not None:
+        checked = mirror_checked_share(angles_deg)
+        if mirror is not None and checked < min_checked_share:
+            if level == "good":
+                level = "uncertain"
+            cov = float(np.ptp(np.asarray(angles_deg, np.float64)[np.isfinite(angles_deg)]))
+            reasons.append(f"the sweep covers {cov:.0f} deg, so the mirror check reaches only {100 * checked:.0f} % "
+                           f"of the frames (all of them from 360 deg on); the angles in between rest on the "
+                           f"tracks alone")
     if match is not None and match < bad_match:
         level = "unreliable"
         reasons.append(f"the projections match their own volume poorly (NCC {match:.2f})")
-    return {"level": level, "mirror_residual_deg": mirror, "match_ncc": match, "reasons": reasons}
+    return {"level": level, "mirror_residual_deg": mirror, "match_ncc": match, "mirror_checked_share": checked,
+            "reasons": reasons}

@@ -540,7 +540,7 @@ class LivePipeline:
         report["crop_px"] = side
         t_ang = time.perf_counter() - t0 - t_reg
         if angles_deg is None and self.cfg.refine:
-            report["angle_confidence"] = angle_confidence(report)
+            report["angle_confidence"] = angle_confidence(report, angles_deg=ang)
             level = report["angle_confidence"]["level"]
             if level != "good":
                 report["flags"].append(f"angles {level}: " + "; ".join(report["angle_confidence"]["reasons"]))
