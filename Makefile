@@ -36,7 +36,7 @@ demo: setup
 	$(VENV)/bin/mcf-rotator --simulate
 
 demo-headless: setup
-	$(VENV)/bin/mcf-rotator demo --headless -o demo-output
+	$(VENV)/bin/mcf-rotator demo --headless -o demo-output --overwrite
 
 # pytest exits 5 when it collected no test; treat that as a failure of the set-up, not success.
 test: setup system-deps

@@ -33,6 +33,9 @@ from mcf_rotator.holography.mcf import MCFGeometry
 SATURATION_FRACTION = 1e-3
 #: side-band / zero-order energy below this means there are no usable fringes
 MIN_FRINGE_STRENGTH = 0.3
+#: mean power in the side-band window under this multiple of the spectrum's median: no carrier
+#: peak at all (measured: white noise 1.4-1.5, simulated holograms 150-220)
+MIN_CARRIER_PROMINENCE = 10.0
 
 
 @dataclass
@@ -56,13 +59,22 @@ DARK_FRACTION = 0.05
 NO_LIGHT_MESSAGE = "no light on the calibration camera: is the trap laser on?"
 
 
+#: a noise-only frame whose spread (robust sigma) exceeds this fraction of its level is lit
+#: (read noise on a dark offset is a few counts; light without structure spreads far more)
+LIT_NOISE_FRACTION = 0.1
+#: full-scale counts of common camera bit depths (8-16 bit): a uniform frame at one is clipped
+_CLIP_LEVELS = tuple(float(2**b - 1) for b in range(8, 17))
+
+
 def check_signal(image: np.ndarray, full_scale: float | None = None) -> None:
     """Raise :class:`CalibrationError` when a calibration frame holds no light (laser off).
 
     With the camera's ``full_scale`` known: the 99.99th percentile (robust to a few hot
     pixels) below :data:`DARK_FRACTION` of it. Without: a flat frame, or one whose bright end
-    is within a few noise sigmas (robust MAD) of its median, i.e. read noise only (pass the
-    full scale: a dark frame clipped at zero can slip through the noise test).
+    is within a few noise sigmas (robust MAD) of its median while that noise is small next
+    to its level (:data:`LIT_NOISE_FRACTION`), i.e. read noise on a dark offset (pass the full
+    scale: a dark frame clipped at zero can slip through the noise test). A lit frame without
+    structure passes: the carrier search then says that it holds no fringes.
     """
     img = np.asarray(image, dtype=np.float64)
     if img.size == 0 or not np.isfinite(img).all():
@@ -76,30 +88,51 @@ def check_signal(image: np.ndarray, full_scale: float | None = None) -> None:
             raise CalibrationError(NO_LIGHT_MESSAGE)
         return
     noise = 1.4826 * float(np.median(np.abs(img - med)))
-    if noise > 0 and top - med < 4.0 * noise:
+    if noise > 0 and top - med < 4.0 * noise and noise < LIT_NOISE_FRACTION * max(abs(med), 1.0):
         raise CalibrationError(NO_LIGHT_MESSAGE)  # read noise only (a frame clipped at 0 may pass)
 
 
+def saturated_fraction(img: np.ndarray, full_scale: float | None) -> float:
+    """Fraction of pixels clipped at the camera's maximum (0 when none look clipped).
+
+    The pixels at or above ``full_scale`` (without: the frame's own maximum), counted only
+    when they pile up there (over 3x as many as in the 1 % of levels just below), so that
+    noise whose top value a few pixels happen to reach is not called saturated.
+    """
+    top = float(img.max())
+    level = float(full_scale) if full_scale is not None and full_scale > 0 else top
+    if top < level or top <= 0:
+        return 0.0
+    at_top = float(np.mean(img >= level))
+    below = float(np.mean((img < level) & (img >= level - max(1.0, 0.01 * level))))
+    return at_top if at_top > 3.0 * below else 0.0
+
+
 def _check_frame(img: np.ndarray, full_scale: float | None) -> None:
+    """One message per cause: not 2-D, NaN, saturated, flat/dark (no light); the carrier search
+    that follows reports a lit frame without fringes."""
     if img.ndim != 2:
         raise CalibrationError(f"hologram image must be 2-D (grey), got shape {img.shape}")
     if not np.isfinite(img).all():
         raise CalibrationError("hologram image contains NaN/inf pixels")
     top = float(img.max())
-    if top <= float(img.min()):
-        raise CalibrationError("hologram image is flat (no light): is the laser on and the shutter open?")
+    if top <= float(img.min()):  # uniform: clipped at the maximum, or dark
+        clipped = (top >= full_scale) if full_scale is not None and full_scale > 0 else (top in _CLIP_LEVELS)
+        if clipped:
+            raise CalibrationError(
+                f"hologram frame is saturated (100 % of pixels at the maximum, {top:g}): "
+                "reduce the exposure or the laser/reference power"
+            )
+        raise CalibrationError(
+            f"hologram image is flat (no light: every pixel reads {top:g}): is the laser on and the shutter open?"
+        )
+    sat = saturated_fraction(img, full_scale)
+    if sat > (SATURATION_FRACTION if full_scale is not None else 10 * SATURATION_FRACTION):
+        raise CalibrationError(
+            f"hologram frame is saturated ({100 * sat:.2g} % of pixels at the maximum, {min(top, full_scale or top):g}): "
+            "reduce the exposure or the laser/reference power"
+        )
     check_signal(img, full_scale)
-    at_top = float(np.mean(img >= (full_scale if full_scale is not None else top)))
-    if full_scale is not None and top >= full_scale and at_top > SATURATION_FRACTION:
-        raise CalibrationError(
-            f"hologram frame is saturated ({at_top:.2%} of pixels at full scale): "
-            "reduce the exposure or the laser/reference power"
-        )
-    if full_scale is None and at_top > 10 * SATURATION_FRACTION and top > 0:
-        raise CalibrationError(
-            f"hologram frame looks saturated ({at_top:.2%} of pixels clipped at {top:g}): "
-            "reduce the exposure or the laser/reference power"
-        )
 
 
 def mode_bandwidth_cyc_per_px(geometry: MCFGeometry, facet_um_per_px: float) -> float:
@@ -145,7 +178,8 @@ def find_carrier(
     p = np.clip(spectrum_power - noise, 0, None) * window
     tot = p.sum()
     if tot <= 0:
-        raise CalibrationError("no off-axis carrier found: is the reference beam blocked or misaligned?")
+        raise CalibrationError("no fringes: no off-axis carrier peak found in the spectrum "
+                               "(is the reference beam blocked or misaligned?)")
     cx = float((p * fx).sum() / tot)
     cy = float((p * fy).sum() / tot)
     dc = (r <= radius) & (r > 0)
@@ -261,9 +295,16 @@ def retrieve_phase(
     spec = np.fft.fftshift(np.fft.fft2(img - img.mean()))
     power = np.abs(spec) ** 2
     window, cfx, cfy, strength = find_carrier(power, bandwidth, carrier_hint)
+    prominence = float(power[window].mean() / max(float(np.median(power)), 1e-30))
+    if prominence < MIN_CARRIER_PROMINENCE:
+        raise CalibrationError(
+            f"no fringes: no off-axis carrier peak found (the strongest side-band is {prominence:.1f}x the "
+            f"spectrum's median power, under {MIN_CARRIER_PROMINENCE:g}x): the frame holds no interference "
+            "pattern, only noise (is the fibre facet in view and the reference beam on?)"
+        )
     if strength < MIN_FRINGE_STRENGTH:
         raise CalibrationError(
-            f"no off-axis carrier found (fringe strength {strength:.3f} < {MIN_FRINGE_STRENGTH}): "
+            f"no fringes: no off-axis carrier peak found (fringe strength {strength:.3f} < {MIN_FRINGE_STRENGTH}): "
             "is the reference beam blocked, misaligned or much weaker than the fibre light?"
         )
     fy, fx = _freq_grid(h, w)

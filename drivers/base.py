@@ -54,8 +54,12 @@ class BaseDevice:
         pass
 
     def _fail(self, message: str) -> None:
-        """Mark the device unusable and tell listeners why (does not raise)."""
-        log.error("%s: %s", self.name, message)
+        """Mark the device unusable and tell listeners why (does not raise).
+
+        ``message`` is emitted as given; the log line names the device once (drivers' messages
+        usually start with the device's name already).
+        """
+        log.error("%s", message if message.startswith(f"{self.name}:") else f"{self.name}: {message}")
         self._connected = False
         self.events.error.emit(message)
 

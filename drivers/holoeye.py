@@ -4,10 +4,17 @@ Supported SDK Python APIs (the SDK is not on PyPI; it ships with the SLM install
 on ``sys.path``, e.g. via the installer's ``HEDS_PYTHON_MODULES`` / ``PYTHONPATH``):
 
 * **SLM Display SDK 4.x** - module ``HEDS`` with ``hedslib.heds_types``: ``HEDS.SDK.Init(4, 1)``,
-  ``HEDS.SLM.Init(preselect, openPreview, previewScale)``, ``slm.loadImageData(u8)`` ->
-  ``(err, handle)``, ``handle.show()``, ``slm.window().close()``.
+  ``HEDS.SLM.Init(preselect, openPreview, previewScale)``, ``slm.showImageData(u8)`` (no data
+  handle; with only ``loadImageData`` the handle is released after showing: handles hold GPU
+  memory until ``release()``), ``slm.window().close()``.
 * **SLM Display SDK 2.x / 3.x** - module ``holoeye.slmdisplaysdk``: ``SLMInstance().open()``
   (3.x) or ``SLMDisplay()`` (2.x), ``showData(u8)``, ``errorString(code)``, ``close()``/``release()``.
+
+How the SDKs fail, and what the user is told: ``import HEDS`` raises RuntimeError (not
+ImportError) when the SDK library cannot load; ``HEDS.SDK.Init`` *asserts* on a version mismatch;
+with no SLM attached ``SLM.Init`` ends in ``HEDSERR_InvalidSLMWindow`` (or its assertion);
+``SLMInstance()`` of 3.x raises RuntimeError when ``HEDS_3_2_PYTHON`` is unset; ``errorString``
+returns bytes. Each becomes the matching :mod:`mcf_rotator.errors` class with the fix in words.
 
 We always send 8-bit grey (phase already mapped through :class:`PhaseLUT`) so the same
 calibration applies whether the SDK or the HDMI screen driver talks to the SLM.
@@ -37,6 +44,11 @@ log = logging.getLogger(__name__)
 #: heds_errorcodes (identical numbering in SDK 2.x-4.x)
 HEDSERR_NoError = 0
 HEDSERR_NoSLMConnected = 1
+HEDSERR_InvalidSLMWindow = 37
+HEDSERR_LibraryVersionMismatch = 44
+
+#: the SDK 4.x API version this driver is written against (HEDS.SDK.Init(major, minor))
+HEDS_API = (4, 1)
 
 
 class PhaseLUT:
@@ -185,7 +197,8 @@ class HoloeyeSLM(PhaseSLMBase):
         self._mod: Any = None
         self._slm: Any = None
         self._no_error = HEDSERR_NoError
-        self._no_slm = HEDSERR_NoSLMConnected
+        self._no_slm: set[int] = {HEDSERR_NoSLMConnected}
+        self._handle: Any = None  # SDK 4.x data handle on screen (loadImageData path only)
 
     # -- SDK import ------------------------------------------------------------------------
     def _import(self) -> str:
@@ -197,10 +210,13 @@ class HoloeyeSLM(PhaseSLMBase):
 
                 self._mod = HEDS
                 self._no_error = getattr(heds_types, "HEDSERR_NoError", HEDSERR_NoError)
-                self._no_slm = getattr(heds_types, "HEDSERR_NoSLMConnected", HEDSERR_NoSLMConnected)
+                self._no_slm = {getattr(heds_types, "HEDSERR_NoSLMConnected", HEDSERR_NoSLMConnected),
+                                getattr(heds_types, "HEDSERR_InvalidSLMWindow", HEDSERR_InvalidSLMWindow)}
                 return "heds"
             except ImportError as exc:
                 errors.append(f"HEDS (SDK 4.x): {exc}")
+            except RuntimeError as exc:  # the module is there but its library (.dll/.so) did not load
+                errors.append(f"HEDS (SDK 4.x) is installed but its library did not load: {exc}")
         if self.api in ("auto", "slmdisplaysdk"):
             try:
                 from holoeye import slmdisplaysdk  # type: ignore[import-not-found]
@@ -208,23 +224,28 @@ class HoloeyeSLM(PhaseSLMBase):
                 self._mod = slmdisplaysdk
                 codes = getattr(slmdisplaysdk, "ErrorCode", None) or slmdisplaysdk.SLMDisplay.ErrorCode
                 self._no_error = codes.NoError
-                self._no_slm = getattr(codes, "NoSLMConnected", HEDSERR_NoSLMConnected)
+                self._no_slm = {getattr(codes, "NoSLMConnected", HEDSERR_NoSLMConnected)}
                 return "slmdisplaysdk"
             except ImportError as exc:
                 errors.append(f"holoeye.slmdisplaysdk (SDK 2.x/3.x): {exc}")
+            except RuntimeError as exc:
+                errors.append(f"holoeye.slmdisplaysdk (SDK 2.x/3.x) is installed but did not load: {exc}")
         raise SDKNotFoundError(
             "Holoeye SLM: the HOLOEYE SLM Display SDK is not importable (" + "; ".join(errors) + "). "
             "Install the SDK from the SLM's installer and add its python folder to PYTHONPATH, or use "
             "slm.driver: screen (the SLM is also an HDMI monitor)."
         )
 
-    def _err_text(self, code: int) -> str:
+    def _err_text(self, code: int, slm: Any = None) -> str:
+        """The SDK's text for ``code`` (SDK 3.x returns bytes), or the bare number."""
         try:
             if self.api_in_use == "heds":
-                return str(self._mod.SDK.ErrorString(code))
-            return str(self._slm.errorString(code))
-        except Exception:
+                text = self._mod.SDK.ErrorString(code)
+            else:
+                text = (slm if slm is not None else self._slm).errorString(code)
+        except Exception:  # noqa: BLE001 - the text is a courtesy; the code is what matters
             return f"error code {code}"
+        return _text(text) or f"error code {code}"
 
     # -- connection ----------------------------------------------------------------------------
     def _connect(self) -> None:
@@ -246,40 +267,67 @@ class HoloeyeSLM(PhaseSLMBase):
 
     def _open_heds(self) -> None:
         HEDS = self._mod
-        err = HEDS.SDK.Init(4, 1)
-        if err != self._no_error:
-            raise SDKNotFoundError(f"Holoeye SLM Display SDK 4.x refused to start: {HEDS.SDK.ErrorString(err)}")
-        slm = HEDS.SLM.Init(self.preselect, self.open_preview, 0.0)
+        try:  # SDK 4.x asserts on a version mismatch instead of returning a code
+            err = HEDS.SDK.Init(*HEDS_API)
+        except AssertionError as exc:
+            raise self._version_error(_text(exc.args[0] if exc.args else exc)) from exc
+        if err is not None and err != self._no_error:
+            raise self._version_error(self._err_text(err))
+        try:  # with no SLM the SDK asserts on the SLM window (HEDSERR_InvalidSLMWindow)
+            slm = HEDS.SLM.Init(self.preselect, self.open_preview, 0.0)
+        except AssertionError as exc:
+            text = _text(exc.args[0] if exc.args else exc) or "SLM window assertion"
+            raise DeviceNotFoundError(self._no_slm_text(text)) from exc
+        self._slm = slm  # closed again by _connect if anything below fails
         code = slm.errorCode()
         if code != self._no_error:
-            self._raise_open(code, str(HEDS.SDK.ErrorString(code)))
-        self._slm = slm
+            self._raise_open(code, self._err_text(code))
         self._device_shape = (int(slm.height_px()), int(slm.width_px()))
+
+    def _version_error(self, text: str) -> SDKNotFoundError:
+        """The installed SDK cannot serve the API version this driver asks for."""
+        major, minor = HEDS_API
+        return SDKNotFoundError(
+            f"Holoeye SLM: the installed SLM Display SDK cannot serve API {major}.{minor} ({text}). Install "
+            f"HOLOEYE SLM Display SDK {major}.{minor} or newer, or use the 3.x SDK (HoloeyeSLM api "
+            "'slmdisplaysdk'), or slm.driver: screen (the SLM is also an HDMI monitor)."
+        )
+
+    def _no_slm_text(self, text: str) -> str:
+        """One wording for every way the SDK says 'no SLM' (code or window assertion)."""
+        return (f"Holoeye SLM: no SLM found ({text}). Check the HDMI/DVI cable and the SLM's power "
+                "supply, and that the SLM is set up as an extended monitor.")
 
     def _open_slmdisplaysdk(self) -> None:
         sdk = self._mod
         if hasattr(sdk, "SLMInstance"):
-            slm = sdk.SLMInstance()
+            try:
+                slm = sdk.SLMInstance()
+            except RuntimeError as exc:  # 3.x: HEDS_3_2_PYTHON unset, or its library failed to load
+                raise SDKNotFoundError(
+                    f"Holoeye SLM: the SLM Display SDK 3.x did not start ({_text(exc)}). Its installer sets "
+                    "the environment variable HEDS_3_2_PYTHON to the SDK folder: log out and in after "
+                    "installing, or set it by hand; or use slm.driver: screen."
+                ) from exc
             code = slm.open()
         else:  # SDK 2.x opens in the constructor
             slm = sdk.SLMDisplay()
             code = getattr(slm, "errorCode", lambda: self._no_error)()
         self._slm = slm
         if code != self._no_error:
-            self._raise_open(code, str(slm.errorString(code)))
+            self._raise_open(code, self._err_text(code, slm))
         if self.open_preview and hasattr(slm, "utilsSLMPreviewShow"):
             slm.utilsSLMPreviewShow()
         self._device_shape = (int(slm.height_px), int(slm.width_px))
 
     def _raise_open(self, code: int, text: str) -> None:
-        if code == self._no_slm:
-            raise DeviceNotFoundError(
-                f"Holoeye SLM: no SLM found ({text}). Check the HDMI/DVI cable and the SLM's power "
-                "supply, and that the SLM is set up as an extended monitor."
-            )
+        if code in self._no_slm:
+            raise DeviceNotFoundError(self._no_slm_text(text))
         raise DeviceError(f"Holoeye SLM: opening failed ({text})")
 
     def _close_sdk(self) -> None:
+        handle, self._handle = self._handle, None
+        self._release_handle(handle)
         slm, self._slm = self._slm, None
         if slm is None:
             return
@@ -300,21 +348,62 @@ class HoloeyeSLM(PhaseSLMBase):
     def _display(self, grey: np.ndarray) -> None:
         slm = self._slm
         if self.api_in_use == "heds":
-            err, handle = slm.loadImageData(grey)
-            if err == self._no_error:
-                err = handle.show()
+            err = self._show_heds(slm, grey)
         else:
             err = slm.showData(grey)
         if err == self._no_error:
             return
         text = self._err_text(err)
-        if err == self._no_slm:
+        if err in self._no_slm:
             self._slm = None
             self._lost(f"Holoeye SLM window was closed or the SLM disconnected ({text}); reconnect the SLM")
         raise DeviceError(f"Holoeye SLM: showing the pattern failed ({text})")
+
+    def _show_heds(self, slm: Any, grey: np.ndarray) -> int:
+        """Show without piling up data handles: each holds video memory until ``release()``.
+
+        ``showImageData`` needs no handle. Where only ``loadImageData`` exists, the handle on
+        screen is kept and released once the next one is shown (or on disconnect).
+        """
+        if hasattr(slm, "showImageData"):
+            return slm.showImageData(grey)
+        err, handle = slm.loadImageData(grey)
+        if err != self._no_error or handle is None:
+            return err
+        err = handle.show()
+        old, self._handle = self._handle, handle
+        if err != self._no_error:
+            old, self._handle = handle, old
+        self._release_handle(old)
+        return err
+
+    def _release_handle(self, handle: Any) -> None:
+        """Free a data handle's video memory; tolerant (the SDK may have dropped it with its window)."""
+        if handle is None:
+            return
+        try:
+            handle.release()
+        except Exception as exc:  # noqa: BLE001 - see docstring
+            log.debug("%s: releasing a data handle: %s", self.name, exc)
 
     def describe(self) -> str:
         api = {"heds": "SLM Display SDK 4.x (HEDS)", "slmdisplaysdk": "SLM Display SDK 2.x/3.x"}.get(
             self.api_in_use or "", "?")
         return (f"Holoeye SLM via {api}: {self._shape[1]}x{self._shape[0]} px, {self.pixel_pitch_um} um, "
                 f"2pi at grey {self.lut.two_pi_grey}{' + LUT file' if self.lut.table is not None else ''}")
+
+
+def probe(api: str = "auto") -> str:
+    """What check-hardware reports for this driver: which SDK imports (no SLM window is opened);
+    raises SDKNotFoundError saying what is missing."""
+    slm = HoloeyeSLM(api=api)
+    found = slm._import()
+    return {"heds": "HOLOEYE SLM Display SDK 4.x (module HEDS) importable",
+            "slmdisplaysdk": "HOLOEYE SLM Display SDK 2.x/3.x (holoeye.slmdisplaysdk) importable"}[found]
+
+
+def _text(value: Any) -> str:
+    """SDK text as str: SDK 3.x returns bytes from errorString (else messages read ``b'...'``)."""
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("utf-8", "replace").strip()
+    return str(value).strip()

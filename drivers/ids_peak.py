@@ -48,6 +48,45 @@ def import_ids_peak() -> tuple[Any, Any]:
     return ids_peak, ids_peak_ipl_extension
 
 
+def probe() -> str:
+    """What check-hardware reports for this driver: packages, GenTL producer and the cameras it sees
+    (nothing is opened); raises SDKNotFoundError saying what is missing."""
+    peak, _ = import_ids_peak()
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        ver = version("ids-peak")
+    except PackageNotFoundError:
+        ver = "?"
+    _start_library(peak)
+    try:
+        n = len(_find_devices(peak))
+    finally:
+        peak.Library.Close()
+    return f"ids-peak {ver}, GenTL producer loaded, {n} camera(s) visible"
+
+
+def _start_library(peak: Any) -> None:
+    """``Library.Initialize`` (reference counted: pair with ``Library.Close``); a failure means a
+    broken installation, reported as such."""
+    try:
+        peak.Library.Initialize()
+    except Exception as exc:  # runtime_error when the genericAPI library cannot load
+        raise SDKNotFoundError(
+            f"IDS peak camera: the IDS peak library failed to start ({exc}); reinstall IDS peak"
+        ) from exc
+
+
+def _find_devices(peak: Any) -> list[Any]:
+    """Descriptors of the cameras the GenTL producers see; no producer is a missing SDK part."""
+    manager = peak.DeviceManager.Instance()
+    try:
+        manager.Update()
+    except peak.Exception as exc:
+        raise _producer_error(exc) from exc
+    return list(manager.Devices())
+
+
 class IDSPeakCamera(VendorCamera):
     """A camera opened through IDS peak; ``config.serial`` or ``config.device_id`` (index) selects it."""
 
@@ -91,11 +130,9 @@ class IDSPeakCamera(VendorCamera):
         peak, self._ipl_ext = import_ids_peak()
         self._peak = peak
         try:
-            peak.Library.Initialize()
+            _start_library(peak)
             self._lib_open = True
-            manager = peak.DeviceManager.Instance()
-            manager.Update()
-            descriptor = self._select(list(manager.Devices()))
+            descriptor = self._select(_find_devices(peak))
             if not descriptor.IsOpenable(peak.DeviceAccessType_Control):
                 raise DeviceBusyError(
                     f"{self._label} ({descriptor.ModelName()}) is in use by another program "
@@ -157,11 +194,30 @@ class IDSPeakCamera(VendorCamera):
             self._node("UserSetLoad").WaitUntilDone()
         except self._peak.Exception as exc:
             log.debug("%s: user set not loaded: %s", self.name, exc)
-        self._node("PixelFormat").SetCurrentEntry(_PIXEL_FORMATS[int(self.config.bit_depth)])
+        self._set_pixel_format(_PIXEL_FORMATS[int(self.config.bit_depth)])
         self._set_roi()
         self._apply_gain(self._gain)
         self._apply_exposure(self._exposure_ms)
         self._apply_frame_rate(self._frame_rate_hz)
+
+    def _set_pixel_format(self, wanted: str) -> None:
+        """``PixelFormat`` = ``wanted``; a format the camera lacks is a configuration error, said so."""
+        peak = self._peak
+        node = self._node("PixelFormat")
+        refused = tuple(getattr(peak, n) for n in ("InvalidArgumentException", "NotFoundException",
+                                                   "OutOfRangeException") if hasattr(peak, n))
+        try:
+            node.SetCurrentEntry(wanted)
+        except refused as exc:
+            offered = _offered_entries(node)
+            depths = sorted(b for b, f in _PIXEL_FORMATS.items() if f in offered)
+            hint = (f"set camera.bit_depth to {' or '.join(str(b) for b in depths)}" if depths
+                    else "set camera.bit_depth to a depth the camera offers")
+            raise DeviceError(
+                f"{self._label} ({self.model_name or 'camera'}) does not offer pixel format {wanted} "
+                f"(camera.bit_depth: {self.config.bit_depth}; offered: {', '.join(offered) or 'unknown'}); "
+                f"{hint} in the rig file"
+            ) from exc
 
     def _set_roi(self) -> None:
         if self.config.roi is not None:
@@ -247,8 +303,11 @@ class IDSPeakCamera(VendorCamera):
             return exc
         peak = self._peak
         text = f"{self._label}: {doing} failed ({exc})"
-        if isinstance(exc, getattr(peak, "NotFoundException", ())):
-            return DeviceNotFoundError(text)
+        if isinstance(exc, getattr(peak, "BadAccessException", ())):
+            return DeviceBusyError(f"{text}; another program (IDS peak Cockpit?) may hold the camera: "
+                                   "close it and retry")
+        if isinstance(exc, getattr(peak, "IOException", ())):
+            return DeviceDisconnectedError(f"{text}; the camera stopped answering: check the cable and reconnect")
         if isinstance(exc, getattr(peak, "Exception", ())):
             return DeviceError(text)
         return exc
@@ -410,6 +469,24 @@ class IDSPeakCamera(VendorCamera):
         return (f"IDS peak {self.model_name or 'camera'} serial {self.serial_number or '?'}: "
                 f"{self._width}x{self._height} {_PIXEL_FORMATS[self.bit_depth]}, {self._frame_rate_hz:.3g} Hz, "
                 f"exposure {self._exposure_ms:.3g} ms, gain x{self._gain:.2f}")
+
+
+def _producer_error(exc: BaseException) -> SDKNotFoundError:
+    """``DeviceManager.Update`` failed: without a GenTL producer (the camera transport layer, a
+    ``.cti`` file named by GENICAM_GENTL64_PATH) IDS peak cannot even look for cameras."""
+    return SDKNotFoundError(
+        f"IDS peak camera: no GenTL producer could be loaded ({exc}). Install IDS peak (its installer "
+        "provides the producer and sets GENICAM_GENTL64_PATH; log out and in afterwards), or set "
+        "GENICAM_GENTL64_PATH to the folder holding the IDS .cti files."
+    )
+
+
+def _offered_entries(node: Any) -> list[str]:
+    """Symbolic names of the entries an enumeration node offers now, best effort (empty when unreadable)."""
+    try:
+        return [str(e.SymbolicValue()) for e in node.Entries() if e.IsAvailable()]
+    except Exception:  # noqa: BLE001 - purely informative
+        return []
 
 
 __all__ = ["IDSPeakCamera", "import_ids_peak"]

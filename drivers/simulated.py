@@ -92,7 +92,7 @@ class _SimCameraBase(BaseDevice):
         with self.lock:
             self._acquiring = False
 
-    def simulate_disconnect(self, message: str = "camera unplugged (simulated)") -> None:
+    def simulate_disconnect(self, message: str = "USB cable unplugged (simulated)") -> None:
         """Fault injection: the next read raises DeviceDisconnectedError and emits events.error."""
         with self.lock:
             self._fault = message

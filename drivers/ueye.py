@@ -4,8 +4,11 @@ Why this shape: the uEye API is a C API with integer return codes; every call go
 :meth:`UEyeCamera._call`, which turns a code into an operator-readable
 :class:`~mcf_rotator.errors.DeviceError` subclass. Frames are captured continuously into a ring
 of driver-owned image memories (``is_AllocImageMem`` + ``is_AddToSequence``) with the image
-queue enabled (``is_InitImageQueue``), so :meth:`read_frame` is one ``is_WaitForNextImage``,
-one copy out of the locked buffer (``ueye.get_data(copy=True)``) and one ``is_UnlockSeqBuf``.
+queue enabled (``is_ImageQueue(IS_IMAGE_QUEUE_CMD_INIT)``), so :meth:`read_frame` is one
+``is_ImageQueue(IS_IMAGE_QUEUE_CMD_WAIT)``, one copy out of the locked buffer
+(``ueye.get_data(copy=True)``) and one ``is_UnlockSeqBuf``. pyueye marks the older
+``is_InitImageQueue`` / ``is_WaitForNextImage`` / ``is_ExitImageQueue`` deprecated (a warning per
+call, an exception under ``-W error``), so they are not used.
 
 ``pyueye`` is imported lazily: ``import pyueye`` itself fails when the IDS driver library is
 missing (it reads ``PYUEYE_DLL_PATH``), and the rest of the app must work without it.
@@ -13,6 +16,7 @@ missing (it reads ``PYUEYE_DLL_PATH``), and the rest of the app must work withou
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import time
 from typing import Any
@@ -40,6 +44,8 @@ IS_INVALID_CAMERA_HANDLE = 1
 IS_IO_REQUEST_FAILED = 2
 IS_CANT_OPEN_DEVICE = 3
 IS_CANT_COMMUNICATE_WITH_DRIVER = 17
+IS_INVALID_MODE = 101
+IS_NO_ACTIVE_IMG_MEM = 108
 IS_CAMERA_NOT_CONNECTED = 111
 IS_INVALID_DEVICE_ID = 118
 IS_ALL_DEVICES_BUSY = 120
@@ -48,6 +54,7 @@ IS_INVALID_PARAMETER = 125
 IS_OUT_OF_MEMORY = 127
 IS_NO_HARDWARE_INSTALLED = 133
 IS_CAPTURE_RUNNING = 140
+IS_INVALID_COLOR_FORMAT = 174
 IS_TRANSFER_ERROR = 178
 IS_STARTER_FW_UPLOAD_NEEDED = 184
 IS_DEVICE_ALREADY_PAIRED = 197
@@ -66,6 +73,9 @@ _CODE_TEXT = {
     IS_OUT_OF_MEMORY: "out of memory",
     IS_NO_HARDWARE_INSTALLED: "no uEye hardware installed",
     IS_CAPTURE_RUNNING: "a capture is still running",
+    IS_INVALID_MODE: "mode not supported by this camera",
+    IS_NO_ACTIVE_IMG_MEM: "no active image memory",
+    IS_INVALID_COLOR_FORMAT: "pixel format not supported by this camera",
     IS_TRANSFER_ERROR: "image transfer failed",
     IS_STARTER_FW_UPLOAD_NEEDED: "camera needs a starter-firmware upload (open IDS Camera Manager once)",
     IS_DEVICE_ALREADY_PAIRED: "camera already paired with another program",
@@ -80,7 +90,23 @@ _GONE_CODES = {
     IS_CANT_COMMUNICATE_WITH_DRIVER,
 }
 
+#: codes with which is_SetColorMode refuses a pixel format the sensor does not offer
+_FORMAT_REFUSED = {IS_INVALID_COLOR_FORMAT, IS_INVALID_PARAMETER, IS_INVALID_MODE}
+
+#: is_ImageQueue commands (uEye.h IMAGE_QUEUE_CMD)
+IS_IMAGE_QUEUE_CMD_INIT = 0
+IS_IMAGE_QUEUE_CMD_EXIT = 1
+IS_IMAGE_QUEUE_CMD_WAIT = 2
+
 _COLOR_MODES = {8: ("IS_CM_MONO8", 8), 10: ("IS_CM_MONO10", 16), 12: ("IS_CM_MONO12", 16), 16: ("IS_CM_MONO16", 16)}
+
+
+class CallFailedError(DeviceError):
+    """A uEye call returned a failure code; ``code`` lets callers react to specific refusals."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = int(code)
 
 
 def import_pyueye() -> Any:
@@ -107,6 +133,25 @@ def import_pyueye() -> Any:
             "Reinstall the IDS Software Suite or point PYUEYE_DLL_PATH at the folder holding it."
         ) from exc
     return ueye
+
+
+def probe() -> str:
+    """What check-hardware reports for this driver: pyueye and the library it loaded, without
+    opening a camera; raises SDKNotFoundError saying what is missing."""
+    ue = import_pyueye()
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        ver = version("pyueye")
+    except PackageNotFoundError:
+        ver = "?"
+    n = ue.INT()
+    ret = int(ue.is_GetNumberOfCameras(n))
+    if ret == IS_SUCCESS:
+        cams = f"{int(n.value)} camera(s) attached"
+    else:
+        cams = f"camera count unavailable ({_CODE_TEXT.get(ret, f'code {ret}')})"
+    return f"pyueye {ver}, uEye library {getattr(ue, 'get_dll_file', '?')}, {cams}"
 
 
 class UEyeCamera(VendorCamera):
@@ -154,15 +199,21 @@ class UEyeCamera(VendorCamera):
     def _code_text(self, code: int) -> str:
         return _CODE_TEXT.get(int(code), f"uEye error code {int(code)}")
 
-    def _call(self, fn_name: str, *args: Any, what: str) -> None:
+    def _call(self, fn_name: str, *args: Any, what: str) -> int:
         """Call ``ueye.<fn_name>`` and raise a readable DeviceError on a failure code."""
         ret = int(getattr(self._ueye, fn_name)(*args))
         if ret == IS_SUCCESS:
-            return
+            return ret
         text = f"IDS uEye camera {self.config.device_id}: {what} failed ({self._code_text(ret)})"
         if ret in _GONE_CODES:
             raise DeviceDisconnectedError(text + "; check the cable and reconnect the camera")
-        raise DeviceError(text)
+        raise CallFailedError(text, ret)
+
+    def _queue_cmd(self, name: str) -> Any:
+        """An ``IS_IMAGE_QUEUE_CMD_*`` value from pyueye (its enum), else the uEye.h number."""
+        return getattr(self._ueye, f"IS_IMAGE_QUEUE_CMD_{name}",
+                       {"INIT": IS_IMAGE_QUEUE_CMD_INIT, "EXIT": IS_IMAGE_QUEUE_CMD_EXIT,
+                        "WAIT": IS_IMAGE_QUEUE_CMD_WAIT}[name])
 
     # -- connection -------------------------------------------------------------------
     def _connect(self) -> None:
@@ -222,7 +273,16 @@ class UEyeCamera(VendorCamera):
         self._call("is_ResetToDefault", h, what="resetting to defaults")
         self._call("is_SetDisplayMode", h, ue.IS_SET_DM_DIB, what="selecting memory mode")
         mode_name, self._bits_alloc = _COLOR_MODES[int(self.config.bit_depth)]
-        self._call("is_SetColorMode", h, getattr(ue, mode_name), what=f"setting pixel format {mode_name}")
+        try:
+            self._call("is_SetColorMode", h, getattr(ue, mode_name), what=f"setting pixel format {mode_name}")
+        except CallFailedError as exc:
+            if exc.code not in _FORMAT_REFUSED:
+                raise
+            raise DeviceError(
+                f"IDS uEye camera {self.config.device_id} ({self.sensor_name or 'sensor'}) does not offer "
+                f"mono{self.config.bit_depth} ({self._code_text(exc.code)}); set camera.bit_depth in the rig "
+                "file to a depth the sensor supports (8 works on every uEye camera)"
+            ) from exc
         self._set_aoi()
         self._set_pixel_clock(self._pixel_clock_mhz)
         self._apply_frame_rate(self._frame_rate_hz)
@@ -285,10 +345,13 @@ class UEyeCamera(VendorCamera):
                        what="allocating image memory")
             self._mems.append((mem, mid))
             self._call("is_AddToSequence", h, mem, mid, what="adding image memory to the sequence")
-        pitch = ue.INT()
-        self._call("is_GetImageMemPitch", h, pitch, what="reading the image pitch")
+        # is_GetImageMemPitch needs an *active* memory (is_SetImageMem, else IS_NO_ACTIVE_IMG_MEM);
+        # in sequence capture none is active, so ask the memory itself
+        mem, mid = self._mems[0]
+        x, y, bits, pitch = ue.INT(), ue.INT(), ue.INT(), ue.INT()
+        self._call("is_InquireImageMem", h, mem, mid, x, y, bits, pitch, what="reading the image pitch")
         self._pitch = int(pitch.value)
-        self._call("is_InitImageQueue", h, 0, what="enabling the image queue")
+        self._call("is_ImageQueue", h, self._queue_cmd("INIT"), None, 0, what="enabling the image queue")
 
     def _release(self, quiet: bool) -> None:
         """Undo everything _connect did; used by disconnect and after failures (camera maybe gone)."""
@@ -297,7 +360,7 @@ class UEyeCamera(VendorCamera):
             return
         steps: list[tuple[str, tuple]] = [
             ("is_StopLiveVideo", (h, ue.IS_FORCE_VIDEO_STOP)),
-            ("is_ExitImageQueue", (h,)),
+            ("is_ImageQueue", (h, self._queue_cmd("EXIT"), None, 0)),
             ("is_ClearSequence", (h,)),
         ]
         steps += [("is_FreeImageMem", (h, mem, mid)) for mem, mid in self._mems]
@@ -415,7 +478,8 @@ class UEyeCamera(VendorCamera):
                 raise DeviceError("IDS uEye camera: read_frame needs start_acquisition() first")
             ue, h = self._ueye, self._h
             pmem, mid = ue.c_mem_p(), ue.INT()
-            ret = int(ue.is_WaitForNextImage(h, max(1, int(timeout_s * 1000)), pmem, mid))
+            wait = _wait_buffer(ue, max(1, int(timeout_s * 1000)), pmem, mid)
+            ret = int(ue.is_ImageQueue(h, self._queue_cmd("WAIT"), wait, ue.sizeof(wait)))
             if ret != IS_SUCCESS:
                 self._handle_wait_failure(ret, timeout_s)
             try:
@@ -465,6 +529,20 @@ class UEyeCamera(VendorCamera):
         return (f"IDS uEye {self.sensor_name or 'camera'} serial {self.serial_number or '?'}: "
                 f"{self._width}x{self._height} mono{self.bit_depth}, pixel clock {self._pixel_clock_mhz} MHz, "
                 f"{self._frame_rate_hz:.3g} Hz, exposure {self._exposure_ms:.3g} ms, gain x{self._gain:.2f}")
+
+
+def _wait_buffer(ue: Any, timeout_ms: int, pmem: Any, mid: Any) -> Any:
+    """``IMAGEQUEUEWAITBUFFER`` pointing at ``pmem`` / ``mid``; the SDK writes the frame's memory there.
+
+    The pointer fields are cast to the structure's own field types (pyueye declares ``ppcMem`` as a
+    pointer to its ``c_char_p``, not to ``c_mem_p``), so the real ctypes wrappers accept them.
+    """
+    wait = ue.IMAGEQUEUEWAITBUFFER()
+    fields = dict(type(wait)._fields_)
+    wait.timeout = int(timeout_ms)
+    wait.ppcMem = ctypes.cast(ctypes.pointer(pmem), fields["ppcMem"])
+    wait.pnMemId = ctypes.cast(ctypes.pointer(mid), fields["pnMemId"])
+    return wait
 
 
 def _num(value: Any) -> int:

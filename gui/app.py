@@ -44,7 +44,9 @@ def build_controller(config_path: str | Path | None, simulate: bool, settings: A
     # an operator watches in real time: pace the simulated world with the wall clock, so the
     # camera runs at its frame rate and the pipeline takes the newest frames it can
     rig = build_rig(config, realtime=True)
-    return RigController(config, rig=rig, calibration=initial_calibration(config, rig))
+    # runs go to the operator's output folder (Hardware & settings), else the config's
+    output_dir = Path(settings.output_dir).expanduser() if getattr(settings, "output_dir", None) else None
+    return RigController(config, rig=rig, calibration=initial_calibration(config, rig), output_dir=output_dir)
 
 
 def initial_calibration(config: Any, rig: Any) -> Any:

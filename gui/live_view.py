@@ -17,7 +17,9 @@ from typing import Any, Callable
 import numpy as np
 import pyqtgraph as pg
 from qtpy.QtCore import QObject, QRectF, Qt, QTimer, Signal
-from qtpy.QtWidgets import QVBoxLayout, QWidget
+from qtpy.QtWidgets import QLabel, QVBoxLayout, QWidget
+
+from mcf_rotator.gui.scalebars import MicronScaleBar
 
 pg.setConfigOptions(imageAxisOrder="row-major", antialias=False)
 
@@ -84,6 +86,25 @@ class _ImageCanvas(pg.GraphicsLayoutWidget):
             self.viewbox.autoRange(padding=0)
 
 
+#: what the live view's overlays mean (the colours of the items below)
+OVERLAY_LEGEND_HTML = (
+    "<span style='color:#00b000'>&#9632; green box</span>: cell found &nbsp; "
+    "<span style='color:#d000d0'>&#9632; magenta</span>: its outline &nbsp; "
+    "<span style='color:#00a0e0'>&#9632; cyan dashed</span>: enclosing circle (centre) &nbsp; "
+    "<span style='color:#c0a000'>&#9632; yellow</span>: features tracked for the angle"
+)
+
+STARTUP_HINT = "Camera off.\nPress Trap (Ctrl+1) to start the camera and the trap,\nor Rig > Run all."
+
+
+def _object_pixel_um(controller: Any) -> float | None:
+    """Size of one camera pixel in the sample (um), from the rig config, if it says."""
+    try:
+        return float(controller.config.optics.object_pixel_um)
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
 class LiveView(QWidget):
     """Camera image at 30-60 Hz with detection box, contour, enclosing circle and features."""
 
@@ -97,10 +118,22 @@ class LiveView(QWidget):
         super().__init__(parent)
         self.controller = controller
         self.canvas = _ImageCanvas(self)
+        self.legend = QLabel(OVERLAY_LEGEND_HTML, self)
+        self.legend.setObjectName("overlayLegend")
+        self.legend.setWordWrap(True)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
-        lay.addWidget(self.canvas)
+        lay.addWidget(self.canvas, 1)
+        lay.addWidget(self.legend)
         vb = self.canvas.viewbox
+        # start-up hint over the (black) canvas until the first frame arrives
+        self.hint = QLabel(STARTUP_HINT, self.canvas)
+        self.hint.setObjectName("liveHint")
+        self.hint.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.hint.setStyleSheet("color:#e0e0e0; background:transparent; font-size:13pt;")
+        self.hint.setAttribute(Qt.WidgetAttribute.WA_TransparentForMouseEvents)
+        self.scale_bar = MicronScaleBar(vb)
+        self.pixel_um = _object_pixel_um(controller)
         self.box_item = pg.PlotCurveItem(pen=pg.mkPen("#00ff00", width=2))
         self.contour_item = pg.PlotCurveItem(pen=pg.mkPen("#ff00ff", width=1.5))
         self.circle_item = pg.QtWidgets.QGraphicsEllipseItem()
@@ -121,6 +154,10 @@ class LiveView(QWidget):
         self.timer.setTimerType(Qt.TimerType.PreciseTimer)
         self.timer.timeout.connect(self.refresh)
         self.set_fps(fps)
+
+    def resizeEvent(self, event: Any) -> None:  # noqa: N802 - Qt API
+        super().resizeEvent(event)
+        self.hint.setGeometry(self.canvas.rect())
 
     def _default_levels(self) -> tuple[float, float]:
         bits = 8
@@ -153,6 +190,10 @@ class LiveView(QWidget):
             image = frame.image
             # integer frames: fixed levels from the bit depth; float frames scale themselves
             self.canvas.show_image(image, self.levels if image.dtype.kind in "ui" else None)
+            if self.last_index is None:
+                self.hint.setVisible(False)
+            if self.pixel_um:
+                self.scale_bar.set_pixel(self.pixel_um, int(image.shape[1]))
             self.last_index = frame.index
             if self.on_frame is not None:
                 self.on_frame(frame)

@@ -26,6 +26,7 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QMainWindow,
+    QProgressBar,
     QPushButton,
     QSplitter,
     QTabWidget,
@@ -55,9 +56,12 @@ ENABLED_IN: dict[str, set[str]] = {
     "trap": {"IDLE"},
     "rotate": {"TRAPPING"},
     "reconstruct": {"ROTATING"},
-    "stop": {"TRAPPING", "ROTATING", "RECONSTRUCTING", "FINISHING"},
+    "stop": {"TRAPPING", "ROTATING", "RECONSTRUCTING"},
     "reset": {"ERROR"},
 }
+
+#: states in which the camera runs (rates, queue and the trapped indicator mean something)
+RUNNING_STATES: frozenset[str] = frozenset({"TRAPPING", "ROTATING", "RECONSTRUCTING"})
 
 STATE_COLOURS = {
     "IDLE": "#d0d0d0",
@@ -91,6 +95,30 @@ def stat(get: Callable[..., Any], *keys: str) -> float:
             except (TypeError, ValueError):
                 continue
     return 0.0
+
+
+def status_texts(state: str, get: Callable[..., Any], view_fps: float) -> tuple[str, str, str, str]:
+    """(rates, live-preview skips, queue, recording) texts of the status bar in ``state``.
+
+    Each stage says what it counts: the camera feeds the live preview through a buffer that
+    may skip frames when the computer is busy (only from Reconstruct on does anything read
+    it), while the recording keeps every frame. Nothing stale is shown when no run is going.
+    """
+    if state not in RUNNING_STATES and state != "FINISHING":
+        return ("camera off", "", "", "")
+    rates = f"camera {stat(get, 'fps', 'camera_fps'):.1f} fps | view {view_fps:.1f} fps"
+    recorded = int(stat(get, "recorded", "recorded_frames"))
+    lost = int(stat(get, "recording_lost"))
+    if state == "TRAPPING":
+        return (rates, "", "", "not recording yet")
+    rec = f"recorded {recorded} frames" + (f" ({lost} LOST)" if lost else "")
+    if state == "ROTATING":
+        return (rates, "", "", rec)
+    skipped = int(stat(get, "preview_skipped", "dropped"))
+    kept = "recording kept all" if not lost else "recording lost some"
+    preview = f"live preview skipped {skipped} frames; {kept}" if skipped else f"live preview on every frame; {kept}"
+    queue = f"preview queue {int(stat(get, 'queue_depth'))}" if state != "FINISHING" else ""
+    return (rates if state != "FINISHING" else "camera off", preview, queue, rec)
 
 
 def _set_text(label: QLabel, text: str) -> bool:
@@ -128,14 +156,20 @@ class MainWindow(QMainWindow):
         self.setObjectName("mcfRotatorMainWindow")
 
         self.bridge = ControllerBridge(controller, self)
-        # commands may block (devices connect, models load): run them off the GUI thread, in order
+        # commands may block (devices connect, models load): run them off the GUI thread. Three
+        # lanes, so nothing that must act at once queues behind something slow: the step
+        # commands in order; Run all (a sequence that lasts the whole run) on its own; and
+        # stop / pause / rate / direction / cancel, which act on the running rig at once
         self._commands = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gui-command")
+        self._sequence = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gui-sequence")
+        self._urgent = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gui-urgent")
         self._command_relay = _CommandRelay(self)
         self._command_relay.failed.connect(lambda name, text: self.show_error(f"{name} failed: {text}"))
         self._last_error_text: str | None = None
         self._build_ui()
         self._build_menus()
         self._build_status_bar()
+        self.apply_output_dir()
         self.bridge.state_changed.connect(self._on_state_changed)
         self.bridge.message.connect(self._on_message)
         self.bridge.error.connect(self._on_error)
@@ -255,7 +289,8 @@ class MainWindow(QMainWindow):
             b.setMinimumHeight(48)
             b.setShortcut(QKeySequence(shortcut))
             b.setToolTip(f"{text} ({shortcut})")
-            b.clicked.connect(lambda _=False, k=key, f=fn: self.run_command(k, f))
+            lane = "urgent" if key == "stop" else "commands"
+            b.clicked.connect(lambda _=False, k=key, f=fn, ln=lane: self.run_command(k, f, lane=ln))
             self.buttons[key] = b
             grid.addWidget(b, 1 + i // 2, i % 2)
         self.buttons["stop"].setStyleSheet("QPushButton:enabled { background:#e04040; color:white; }")
@@ -266,6 +301,26 @@ class MainWindow(QMainWindow):
         self.buttons["reset"].clicked.connect(lambda: self.run_command("reset", self.controller.reset))
         grid.addWidget(self.pause_button, 3, 0)
         grid.addWidget(self.buttons["reset"], 3, 1)
+
+        # FINISHING: what the final reconstruction is doing, and a way out that keeps the recording
+        self.finishing_box = QWidget(box)
+        fl = QVBoxLayout(self.finishing_box)
+        fl.setContentsMargins(0, 0, 0, 0)
+        self.finishing_bar = QProgressBar(self.finishing_box)
+        self.finishing_bar.setObjectName("finishingProgress")
+        self.finishing_bar.setRange(0, 4)
+        self.finishing_bar.setFormat("finishing: step %v of %m")
+        self.finishing_step = QLabel("", self.finishing_box)
+        self.finishing_step.setWordWrap(True)
+        self.finishing_step.setMinimumHeight(3 * self.finishing_step.fontMetrics().lineSpacing())
+        self.cancel_finishing_button = QPushButton("Cancel final reconstruction (keep the recording)", self.finishing_box)
+        self.cancel_finishing_button.setObjectName("cancelFinishingButton")
+        self.cancel_finishing_button.clicked.connect(self.cancel_finishing)
+        fl.addWidget(self.finishing_bar)
+        fl.addWidget(self.finishing_step)
+        fl.addWidget(self.cancel_finishing_button)
+        self.finishing_box.setVisible(False)
+        grid.addWidget(self.finishing_box, 5, 0, 1, 2)
 
         form = QFormLayout()
         rot = getattr(getattr(self.controller, "config", None), "rotation", None)
@@ -295,7 +350,7 @@ class MainWindow(QMainWindow):
         fm.addSeparator()
         self._action(fm, "&Quit", self.close, "Ctrl+Q")
         rm = mb.addMenu("&Rig")
-        self._action(rm, "Run &all (trap, rotate, reconstruct)", lambda: self.run_command("run_all", self.controller.run_all))
+        self._action(rm, "Run &all (trap, rotate, reconstruct)", self.run_all)
         self.action_settings = self._action(rm, "Hardware && &settings...", self.open_settings_dialog)
         rm.addSeparator()
         cm = mb.addMenu("&Calibration")
@@ -316,9 +371,14 @@ class MainWindow(QMainWindow):
         sb = self.statusBar()
         self.status_state = QLabel("IDLE")
         self.status_fps = QLabel("view 0 fps")
-        self.status_dropped = QLabel("dropped 0")
-        self.status_queue = QLabel("queue 0")
-        self.status_recorded = QLabel("recorded 0")
+        self.status_dropped = QLabel("")
+        self.status_dropped.setObjectName("previewSkipped")
+        self.status_dropped.setToolTip(
+            "The live preview (tracking and live volume) may skip camera frames when the computer is busy;\n"
+            "the recording keeps every frame, and the final volume is made from the recording's frames."
+        )
+        self.status_queue = QLabel("")
+        self.status_recorded = QLabel("")
         self.status_trapped = QLabel("no cell trapped")
         self.status_trapped.setObjectName("trappedIndicator")
         self.status_trapped.setStyleSheet("color:#606060;")
@@ -348,12 +408,41 @@ class MainWindow(QMainWindow):
         except Exception as exc:
             log.debug("stats unavailable: %s", exc)
             return
-        cam_fps = stat(get, "fps", "camera_fps")
-        _set_text(self.status_fps, f"camera {cam_fps:.1f} fps | view {self.live_view.fps:.1f} fps")
-        _set_text(self.status_dropped, f"dropped {int(stat(get, 'dropped', 'dropped_frames'))}")
-        _set_text(self.status_queue, f"queue {int(stat(get, 'queue_depth'))}")
-        _set_text(self.status_recorded, f"recorded {int(stat(get, 'recorded', 'recorded_frames'))}")
-        self.show_trapped(get("trapped", None))
+        name = state_name(self._current_state())
+        for text, label in zip(status_texts(name, get, self.live_view.fps),
+                               (self.status_fps, self.status_dropped, self.status_queue, self.status_recorded)):
+            _set_text(label, text)
+        self.show_trapped(get("trapped", None) if name in RUNNING_STATES else None)
+        if name == "FINISHING":
+            self.show_finishing_progress()
+
+    def show_finishing_progress(self) -> None:
+        """Progress bar and step name of FINISHING (from the controller, if it reports them)."""
+        get = getattr(self.controller, "finishing_progress", None)
+        if get is None:
+            return
+        try:
+            prog = get()
+        except Exception as exc:
+            log.debug("finishing progress unavailable: %s", exc)
+            return
+        stages = list(prog.get("stages") or [])
+        stage = int(prog.get("stage") or 0)
+        if stages and self.finishing_bar.maximum() != len(stages):
+            self.finishing_bar.setRange(0, len(stages))
+        if self.finishing_bar.value() != stage:
+            self.finishing_bar.setValue(stage)
+        title = stages[stage - 1] if 0 < stage <= len(stages) else "starting"
+        step = str(prog.get("step") or "")
+        _set_text(self.finishing_step, title + (f"\nnow: {step}" if step and step != title else ""))
+
+    def cancel_finishing(self) -> None:
+        """Abandon the final reconstruction now; the recording stays in the run folder."""
+        cancel = getattr(self.controller, "cancel", None)
+        if cancel is None:
+            return
+        self.cancel_finishing_button.setEnabled(False)
+        self.run_command("cancel", cancel, lane="urgent")
 
     def show_trapped(self, trapped: Any) -> None:
         """Status-bar indicator: is a cell held in the trap (None: the controller does not say)?"""
@@ -365,8 +454,15 @@ class MainWindow(QMainWindow):
             self.status_trapped.setStyleSheet("color:#007000; font-weight:bold;" if trapped else "color:#606060;")
 
     # ------------------------------------------------------------------ commands
-    def run_command(self, name: str, fn: Callable[[], Any], wait: bool = False) -> bool:
-        """Queue a controller command on the command thread; failures are shown, never raised.
+    def run_all(self) -> bool:
+        """Rig > Run all on its own thread: Stop, Pause, rate and direction still act at once."""
+        return self.run_command("run all", self.controller.run_all, lane="sequence")
+
+    def run_command(self, name: str, fn: Callable[[], Any], wait: bool = False, lane: str = "commands") -> bool:
+        """Queue a controller command on a command thread; failures are shown, never raised.
+
+        ``lane``: "commands" (trap, rotate, reconstruct, reset: in order), "sequence" (Run all)
+        or "urgent" (stop, pause, rate, cancel: never behind a slow command or a running run).
 
         The controller reports its own failures (error event); a command exception is shown
         only when the controller did not already report it (e.g. an invalid transition).
@@ -389,8 +485,9 @@ class MainWindow(QMainWindow):
 
         if wait:
             return call()
+        executor = {"sequence": self._sequence, "urgent": self._urgent}.get(lane, self._commands)
         try:
-            self._commands.submit(call)
+            executor.submit(call)
         except RuntimeError:  # executor shut down (window closing)
             return call()
         return True
@@ -400,11 +497,12 @@ class MainWindow(QMainWindow):
         direction = int(self.direction_combo.currentData())
         self.settings.rotation_rate_deg_s = rate
         self.settings.rotation_direction = direction
-        self.run_command("set rotation", lambda: self.controller.set_rotation(rate, direction))
+        self.run_command("set rotation", lambda: self.controller.set_rotation(rate, direction), lane="urgent")
 
     def _on_pause_toggled(self, paused: bool) -> None:
         self.pause_button.setText("Resume" if paused else "Pause")
-        self.run_command("pause" if paused else "resume", self.controller.pause if paused else self.controller.resume)
+        self.run_command("pause" if paused else "resume", self.controller.pause if paused else self.controller.resume,
+                         lane="urgent")
 
     # ------------------------------------------------------------------ events
     def _current_state(self) -> Any:
@@ -423,6 +521,14 @@ class MainWindow(QMainWindow):
             self.pause_button.setChecked(False)
             self.pause_button.setText("Pause")
             self.pause_button.blockSignals(False)
+        finishing = name == "FINISHING"
+        if finishing and not self.finishing_box.isVisible():
+            self.finishing_bar.setValue(0)
+            self.finishing_step.setText("stopping the rotation and the camera")
+            self.cancel_finishing_button.setEnabled(True)
+        self.finishing_box.setVisible(finishing)
+        if name == "IDLE":  # nothing runs: no stale rates, queue or "cell trapped" from the last run
+            self.refresh_status()
         if old is not None:
             self.log_panel.append("INFO", f"state {state_name(old)} -> {name}")
         self._manage_heap(name)
@@ -470,14 +576,37 @@ class MainWindow(QMainWindow):
         self._error_style_timer.start()
 
     def _on_finished(self, result: Any) -> None:
+        """The run ended: show the final volume and say where its files are."""
+        from mcf_rotator.controller import saved_files_text
+
         self.volume_view.refresh(force=True, full_resolution=True)
-        self.log_panel.append("INFO", "reconstruction finished; use File > Save to export")
-        self.statusBar().showMessage("Reconstruction finished", 10000)
+        self.angle_plot.refresh()
+        try:
+            text = saved_files_text(result)
+        except Exception:  # a controller with another result type: say what we can
+            text = f"run finished in {getattr(result, 'run_dir', '?')}"
+        if getattr(result, "volume_path", None) is not None:
+            self.log_panel.append("INFO", "the final volume (refined angles) is on show; File > Save writes copies")
+        self.last_saved_text = text
+        self.statusBar().showMessage(text, 60000)
 
     # ------------------------------------------------------------------ saving
     def _output_dir(self) -> str:
-        d = self.settings.output_dir or str(getattr(getattr(self.controller.config, "paths", None), "output_dir", "."))
-        return d
+        """Where the Save dialogs open: the last run's folder, else the runs' output folder."""
+        run_dir = getattr(self.controller, "run_dir", None)
+        if run_dir is not None and Path(run_dir).is_dir():
+            return str(run_dir)
+        folder = getattr(self.controller, "output_dir", None) or self.settings.output_dir
+        return str(folder or getattr(getattr(self.controller.config, "paths", None), "output_dir", "."))
+
+    def apply_output_dir(self) -> None:
+        """Runs from now on are saved under the configured output folder (Hardware & settings)."""
+        if not hasattr(self.controller, "output_dir"):
+            return
+        folder = self.settings.output_dir
+        if folder:
+            self.controller.output_dir = Path(folder).expanduser()
+        self.log_panel.append("INFO", f"runs are saved under {Path(self.controller.output_dir).resolve()}")
 
     def _save(self, what: str, export: Any, path: str | Path) -> bool:
         """Run one exporter; a failure is shown to the operator, never raised."""
@@ -526,6 +655,7 @@ class MainWindow(QMainWindow):
     def _settings_accepted(self, dlg: Any) -> None:
         self.settings = dlg.result_settings()
         self.settings.save()
+        self.apply_output_dir()
         self.live_view.set_fps(self.settings.live_fps)
         self.volume_view.set_refresh_hz(self.settings.volume_refresh_hz)
         self.log_panel.append("INFO", "settings saved; hardware changes apply at the next start")
@@ -543,6 +673,7 @@ class MainWindow(QMainWindow):
         self.wizard = CalibrationWizardDialog(steps, self, save_path=default_calibration_path(self.controller))
         self.wizard.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         self.wizard.destroyed.connect(lambda *_: setattr(self, "wizard", None))
+        self.wizard.saved_message.connect(lambda text: self.log_panel.append("INFO", text))
         self.wizard.finished.connect(lambda _r: self.drift_bar.setVisible(False) if self.wizard and self.wizard.saved else None)
         self.wizard.show()
         return self.wizard
@@ -596,13 +727,21 @@ class MainWindow(QMainWindow):
             self._closed = True
             self.stop_timers()
             self._error_style_timer.stop()
-            self._commands.shutdown(wait=True, cancel_futures=True)
+            # never wait for a queued command: Run all lasts the whole run, and shutdown() below
+            # makes it end at its next step
+            for pool in (self._commands, self._sequence, self._urgent):
+                pool.shutdown(wait=False, cancel_futures=True)
             name = state_name(self._current_state())
-            if name not in ("IDLE", "ERROR"):
+            if name in ("TRAPPING", "ROTATING"):
                 self.run_command("stop", self.controller.stop, wait=True)
+            elif name in ("RECONSTRUCTING", "FINISHING"):
+                # the final reconstruction takes minutes: close now, keep the recording
+                log.warning("window closed while %s: the recording is kept, no final volume", name.lower())
             self.bridge.disconnect_all()
             if self.owns_controller:
                 self.run_command("shutdown", self.controller.shutdown, wait=True)
+            elif name in ("RECONSTRUCTING", "FINISHING"):
+                self.run_command("cancel", getattr(self.controller, "cancel", self.controller.stop), wait=True)
             if self.wizard is not None:
                 self.wizard.close()
             self.volume_view.close_viewer()

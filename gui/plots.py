@@ -27,8 +27,9 @@ class AnglePlot(QWidget):
         super().__init__(parent)
         self.controller = controller
         self.plot = pg.PlotWidget(self)
-        self.plot.setLabel("bottom", "time", units="s")
-        self.plot.setLabel("left", "tracked angle (deg)")
+        self.plot.setLabel("bottom", "time since the rotation started (s, wall clock)")
+        self.plot.setLabel("left", "cell angle (deg)")
+        self.plot.setTitle("live tracked angles")
         self.plot.showGrid(x=True, y=True, alpha=0.3)
         self.plot.setMenuEnabled(False)
         self.plot.disableAutoRange()
@@ -39,7 +40,7 @@ class AnglePlot(QWidget):
         self.plot.addItem(self.min_line)
         self.coverage_bar = QProgressBar(self)
         self.coverage_bar.setRange(0, int(self.target))
-        self.coverage_bar.setFormat("coverage %v / %m deg")
+        self.coverage_bar.setFormat("coverage 0 of 0 deg")
         self.coverage_label = QLabel("coverage: 0 deg (need >= 180)", self)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
@@ -47,6 +48,7 @@ class AnglePlot(QWidget):
         lay.addWidget(self.coverage_bar)
         lay.addWidget(self.coverage_label)
         self.n_points = 0
+        self.final = False
         self.coverage_deg = 0.0
         self.timer = QTimer(self)
         self.timer.setInterval(int(1000 / hz))
@@ -72,23 +74,32 @@ class AnglePlot(QWidget):
         t = np.asarray(t, dtype=float)
         a = np.asarray(a, dtype=float)
         n = min(len(t), len(a))
-        if n != self.n_points:
+        final = self._is_final()
+        if n != self.n_points or final != self.final:
             self.n_points = n
+            self.final = final
+            self.plot.setTitle("final (refined) angles" if final else "live tracked angles")
             if n:
-                t0 = t[0]
+                t0 = self._time_origin(t[0])
                 step = max(1, n // 4000)  # keep the curve cheap for long runs
                 self.curve.setData(t[:n:step] - t0, a[:n:step])
                 self._grow_range(float(t[n - 1] - t0), float(np.nanmin(a[:n])), float(np.nanmax(a[:n])))
             else:
                 self.curve.setData([], [])
-        cov = None
+        self.set_coverage(coverage_of(self.controller, a[:n]))
+
+    def _time_origin(self, first: float) -> float:
+        """Time zero of the x axis: when the rotation started (the run's clock), else the first point."""
+        origin = getattr(self.controller, "trace_origin_s", None)
         try:
-            cov = self.controller.stats().get("coverage_deg")
-        except Exception:
-            cov = None
-        if cov is None and n:
-            cov = float(np.nanmax(a[:n]) - np.nanmin(a[:n]))
-        self.set_coverage(float(cov or 0.0))
+            return float(origin) if origin is not None and float(origin) <= first else float(first)
+        except (TypeError, ValueError):
+            return float(first)
+
+    def _is_final(self) -> bool:
+        """True when the controller shows a finished run's refined angles."""
+        version = getattr(self.controller, "final_volume_version", None)
+        return isinstance(version, int)
 
     def _grow_range(self, t_max: float, a_min: float, a_max: float) -> None:
         """Set the view to whole steps around the data (and the 180 deg mark); no-op if unchanged."""
@@ -110,9 +121,24 @@ class AnglePlot(QWidget):
         """
         self.coverage_deg = coverage_deg
         value = int(min(coverage_deg, self.target))
+        fmt = f"coverage {coverage_deg:.0f} of {self.target:.0f} deg"
+        if fmt != self.coverage_bar.format():
+            self.coverage_bar.setFormat(fmt)  # the number itself, also past the target
         if value != self.coverage_bar.value():
             self.coverage_bar.setValue(value)
         state = "enough for a volume" if coverage_deg >= 180 else "need >= 180"
         text = f"coverage: {coverage_deg:.0f} deg ({state}; target {self.target:.0f})"
         if text != self.coverage_label.text():
             self.coverage_label.setText(text)
+
+
+def coverage_of(controller: Any, angles: np.ndarray | None = None) -> float:
+    """The one coverage figure every view shows: the controller's (its stopping rule uses it,
+    and after a run it is the refined angles' span); the span of ``angles`` if it has none."""
+    try:
+        cov = controller.stats().get("coverage_deg")
+    except Exception:
+        cov = None
+    if cov is None and angles is not None and len(angles):
+        cov = float(np.nanmax(angles) - np.nanmin(angles))
+    return float(cov or 0.0)

@@ -25,7 +25,14 @@ from typing import Any
 import numpy as np
 import pyqtgraph as pg
 from qtpy.QtCore import QObject, Qt, QTimer, Signal
-from qtpy.QtWidgets import QHBoxLayout, QLabel, QSplitter, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QHBoxLayout, QLabel, QSlider, QSplitter, QVBoxLayout, QWidget
+
+from mcf_rotator.gui.plots import coverage_of
+from mcf_rotator.gui.scalebars import MicronScaleBar
+
+#: what the volume panel says before the first volume exists
+VOLUME_HINT = ("No volume yet: Trap, Rotate, then Reconstruct (or Rig > Run all). "
+               "The live volume grows here while the cell turns; the final one replaces it at the end.")
 
 
 def preview(volume: np.ndarray, max_side: int) -> np.ndarray:
@@ -94,26 +101,43 @@ class OrthoSlices(QWidget):
         for title in self.TITLES:
             self.canvas.addLabel(title, size="8pt")
         self.canvas.nextRow()
+        self.scale_bars: list[MicronScaleBar] = []
         for _ in self.TITLES:
             vb = self.canvas.addViewBox(lockAspect=True, invertY=True, enableMenu=False)
             item = pg.ImageItem(axisOrder="row-major")
             vb.addItem(item)
             self.items.append(item)
             self.views.append(vb)
+            self.scale_bars.append(MicronScaleBar(vb))
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(self.canvas)
         self._shape: tuple[Any, ...] | None = None
 
-    def set_slices(self, slices: tuple[np.ndarray, ...], levels: tuple[float, float]) -> None:
-        """Show the three (already extracted) central slices with fixed levels."""
-        for item, sl in zip(self.items, slices):
+    def set_slices(self, slices: tuple[np.ndarray, ...], levels: tuple[float, float],
+                   voxel_um: float | None = None) -> None:
+        """Show the three (already extracted) central slices with fixed levels (and um bars)."""
+        for item, sl, bar in zip(self.items, slices, self.scale_bars):
             item.setImage(np.ascontiguousarray(sl), levels=levels, autoLevels=False)
+            if voxel_um:
+                bar.set_pixel(voxel_um, int(sl.shape[1]))
         shape = tuple(sl.shape for sl in slices)
         if self._shape != shape:
             self._shape = shape
             for vb in self.views:
                 vb.autoRange(padding=0)
+
+
+def volume_title(snap: Any, final: bool, coverage_deg: float) -> str:
+    """Plain title of a volume: what it is, from how many views, over how much rotation.
+
+    ``coverage_deg`` is the run's one coverage figure (as in the angle plot's bar and text);
+    the final volume's is the span of its refined angles.
+    """
+    n = int(getattr(snap, "n_projections", 0) or 0)
+    if final:
+        return f"final volume: {n} views, {coverage_deg:.0f} deg (refined angles)"
+    return f"live volume: {n} views, {coverage_deg:.0f} deg"
 
 
 class VolumeView(QWidget):
@@ -139,8 +163,12 @@ class VolumeView(QWidget):
         self.layer = None
         self._make_layer()
         self.slices = OrthoSlices(self)
-        self.info = QLabel("no volume yet", self)
+        self.info = QLabel(VOLUME_HINT, self)
         self.info.setObjectName("volumeInfo")
+        self.info.setWordWrap(True)
+        self.voxel_um: float | None = None
+        self.title = ""
+        self._shown_shape: tuple[int, int, int] = (0, 0, 0)
         split = QSplitter(Qt.Orientation.Vertical, self)
         split.addWidget(self.qt_viewer)
         split.addWidget(self.slices)
@@ -152,6 +180,21 @@ class VolumeView(QWidget):
         top = QHBoxLayout()
         top.addWidget(self.info, 1)
         lay.addLayout(top)
+        # contrast: the display maximum as a share of the automatic one (99.9th percentile)
+        row = QHBoxLayout()
+        self.contrast_label = QLabel("display maximum 100 % of auto", self)
+        self.contrast_slider = QSlider(Qt.Orientation.Horizontal, self)
+        self.contrast_slider.setObjectName("contrastSlider")
+        self.contrast_slider.setRange(5, 200)
+        self.contrast_slider.setValue(100)
+        self.contrast_slider.setToolTip("Lower it to see faint structure, raise it to tame bright streaks; "
+                                        "the colour bar in the 3D view shows the limits.")
+        self.contrast_slider.valueChanged.connect(self._on_contrast_changed)
+        row.addWidget(self.contrast_label)
+        row.addWidget(self.contrast_slider, 1)
+        lay.addLayout(row)
+        self._auto_contrast: tuple[float, float] = (0.0, 1.0)
+        self._slices_shown: tuple[np.ndarray, ...] | None = None
         lay.addWidget(split, 1)
         self.shown_version: int | None = None
         self.snapshot: Any = None
@@ -204,6 +247,7 @@ class VolumeView(QWidget):
         At most one preparation is in flight, so a slow worker skips versions instead of
         queueing them. Returns True when a preparation was started.
         """
+        self.update_title()
         snap = self._newest_snapshot()
         if snap is None or snap.version == self.shown_version or self._preparing is not None:
             return False
@@ -237,19 +281,65 @@ class VolumeView(QWidget):
     def _apply(self, prepared: PreparedVolume) -> None:
         """GUI thread: hand a prepared volume to napari and the slices (timed for the benchmark)."""
         t0 = time.perf_counter()
-        self._set_layer(prepared.shown, prepared.contrast, prepared.scale)
+        voxel = self._voxel_um()
+        scale = tuple(f * (voxel or 1.0) for f in prepared.scale)
+        self._auto_contrast = prepared.contrast
+        contrast = self._scaled_contrast()
+        self._set_layer(prepared.shown, contrast, scale, "um" if voxel else "pixel")
         self.refresh_intervals.append((t0, time.perf_counter()))
-        self.contrast = prepared.contrast
-        self.slices.set_slices(prepared.slices, prepared.contrast)
+        self.contrast = contrast
+        self._slices_shown = prepared.slices
+        self.slices.set_slices(prepared.slices, contrast, voxel)
         snap = prepared.snapshot
         self.snapshot = snap
         self.shown_version = snap.version
         self.refresh_count += 1
-        h, d, w = prepared.shape
-        self.info.setText(
-            f"volume v{snap.version}: {h}x{d}x{w} (row x depth x column), "
-            f"{snap.n_projections} projections, {snap.coverage_deg:.0f} deg"
-        )
+        self.voxel_um = voxel
+        self._shown_shape = prepared.shape
+        self.update_title()
+
+    def update_title(self) -> None:
+        """Title line from the run's current coverage (it can drop when the live angles are
+        re-solved), so it never disagrees with the angle plot's bar and text for long."""
+        snap = self.snapshot
+        if snap is None:
+            return
+        self.title = volume_title(snap, self._is_final(snap), coverage_of(self.controller))
+        h, d, w = self._shown_shape
+        voxel = self.voxel_um
+        size = f"{h} x {d} x {w} voxels" + (f" of {voxel:.2f} um" if voxel else "")
+        text = f"{self.title} ({size}; row x depth x column)"
+        if text != self.info.text():
+            self.info.setText(text)
+
+    def _scaled_contrast(self) -> tuple[float, float]:
+        lo, hi = self._auto_contrast
+        return (lo, lo + (hi - lo) * self.contrast_slider.value() / 100.0)
+
+    def _on_contrast_changed(self, value: int) -> None:
+        """Operator moved the contrast slider: re-level the 3D view and the slices now."""
+        self.contrast_label.setText(f"display maximum {value} % of auto")
+        if self.snapshot is None:
+            return
+        lo, hi = self.contrast = self._scaled_contrast()
+        self._layer.contrast_limits_range = (min(lo, 0.0), max(hi, self._auto_contrast[1]))
+        self._layer.contrast_limits = (lo, hi)
+        if self._slices_shown is not None:
+            self.slices.set_slices(self._slices_shown, (lo, hi), self.voxel_um)
+
+    def _voxel_um(self) -> float | None:
+        """Voxel size of the volume on show, from the controller (None when it cannot say)."""
+        get = getattr(self.controller, "volume_voxel_um", None)
+        if get is None:
+            return None
+        try:
+            v = float(get())
+        except Exception:
+            return None
+        return v if v > 0 else None
+
+    def _is_final(self, snap: Any) -> bool:
+        return getattr(self.controller, "final_volume_version", None) == getattr(snap, "version", -1)
 
     def _make_layer(self) -> None:
         """The one volume layer, made (empty) with the viewer: napari's first draw of a volume
@@ -259,16 +349,31 @@ class VolumeView(QWidget):
             np.zeros((2, 2, 2), np.float32), name="volume", rendering="mip", colormap="gray",
             contrast_limits=(0.0, 1.0),
         )
+        # what napari / Fiji users expect on a volume: a scale bar, axes, a colour bar
+        self.model.scale_bar.visible = False  # shown with the first volume (in um)
+        self.model.axes.visible = True
+        self.model.axes.labels = True
+        self.model.dims.axis_labels = ("row", "depth", "column")
+        try:
+            self._layer.colorbar.visible = True
+        except AttributeError:  # a napari without layer colour bars
+            pass
 
-    def _set_layer(self, shown: np.ndarray, contrast: tuple[float, float], scale: tuple[float, ...]) -> None:
-        """Replace the layer's data, scale and display range in place."""
+    def _set_layer(self, shown: np.ndarray, contrast: tuple[float, float], scale: tuple[float, ...],
+                   units: str = "pixel") -> None:
+        """Replace the layer's data, scale (um per shown voxel) and display range in place."""
         lo, hi = contrast
         layer = self._layer
-        reshaped = layer.data.shape != shown.shape or tuple(layer.scale) != tuple(scale)
+        reshaped = layer.data.shape != shown.shape or not np.allclose(tuple(layer.scale), tuple(scale))
         layer.data = shown
+        self.model.scale_bar.visible = True
         if reshaped:
             layer.scale = scale
-        layer.contrast_limits_range = (min(lo, 0.0), hi)
+            try:
+                layer.units = (units,) * 3
+            except Exception:  # older napari: the scale bar then shows plain units
+                pass
+        layer.contrast_limits_range = (min(lo, 0.0), max(hi, self._auto_contrast[1]))
         layer.contrast_limits = (lo, hi)
         if reshaped:
             self.model.reset_view()

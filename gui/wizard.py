@@ -54,6 +54,17 @@ STEPS: list[tuple[str, str, str, tuple[str, ...]]] = [
 #: steps whose method takes the file to save to
 NEEDS_PATH = {"save"}
 
+#: pages that wait for the operator's button instead of running when entered
+ACTION_TEXT = {"apply": "Apply correction"}
+
+#: what the colour bar of each image page measures
+COLOURBAR_LABELS = {
+    "hologram": "counts",
+    "fourier": "log magnitude",
+    "phases": "phase (rad)",
+    "verify": "residual phase (rad)",
+}
+
 
 def make_calibration_steps(controller: Any) -> Any:
     """The steps object for this rig: ``controller.calibration_wizard()``.
@@ -71,7 +82,8 @@ def make_calibration_steps(controller: Any) -> Any:
 def default_calibration_path(controller: Any) -> Path:
     """Where the wizard saves: the config's calibration_dir, else <output_dir>/calibration."""
     paths = getattr(getattr(controller, "config", None), "paths", None)
-    base = getattr(paths, "calibration_dir", None) or Path(getattr(paths, "output_dir", ".")) / "calibration"
+    runs = getattr(controller, "output_dir", None) or getattr(paths, "output_dir", ".")
+    base = getattr(paths, "calibration_dir", None) or Path(runs) / "calibration"
     return Path(base) / time.strftime("calibration-%Y%m%d-%H%M%S.json")
 
 
@@ -106,26 +118,115 @@ def _first_image(data: Any, keys: tuple[str, ...]) -> np.ndarray | None:
     return None
 
 
-def _summary(data: Any) -> str:
-    """Scalars and short tuples of a step result, one per line."""
+#: plain names of the fields calibration steps return (anything else: its name in words)
+FIELD_NAMES: dict[str, str] = {
+    "max_count": "brightest pixel",
+    "residual_rms_rad": "residual phase error",
+    "residual_piston_only_rms_rad": "residual without tilt removal",
+    "residual_rad": "residual phase error",
+    "ok": "verified",
+    "carrier_cyc_per_px": "fringe carrier",
+    "sideband_px": "side band position",
+    "filter_radius_cyc_per_px": "side-band filter radius",
+    "fringe_strength": "fringe contrast",
+    "n_cores": "cores",
+    "fit_quality": "fit quality",
+    "calibration_id": "calibration id",
+    "fibre_id": "fibre",
+    "trap_enabled": "trap laser on",
+    "message": "",
+}
+
+#: unit suffixes of field names -> unit in words
+UNIT_SUFFIXES: tuple[tuple[str, str], ...] = (
+    ("_cyc_per_px", "cycles/pixel"), ("_rms_rad", "rad RMS"), ("_rad", "rad"), ("_deg", "deg"),
+    ("_um", "um"), ("_px", "px"), ("_mw", "mW"), ("_ms", "ms"), ("_s", "s"),
+)
+
+
+def _unit_and_name(key: str) -> tuple[str, str]:
+    unit = ""
+    for suffix, words in UNIT_SUFFIXES:
+        if key.endswith(suffix):
+            unit = words
+            break
+    name = FIELD_NAMES.get(key)
+    if name is None:
+        stem = key[: -len(next(s for s, w in UNIT_SUFFIXES if w == unit))] if unit else key
+        name = stem.replace("_", " ")
+    return name, unit
+
+
+def _value_text(key: str, v: Any, unit: str) -> str | None:
+    """A value in words (None: not worth a line, e.g. an image or a long array)."""
+    if key == "max_count" and isinstance(v, (int, float)):
+        return f"{v:.0f} counts"
+    if key == "sideband_px" and isinstance(v, (tuple, list)) and len(v) == 2:
+        return f"row {float(v[0]):.1f}, column {float(v[1]):.1f}"
+    if isinstance(v, bool) or isinstance(v, np.bool_):
+        return "yes" if v else "no"
+    if v is None:
+        return "not measured yet"
+    if isinstance(v, (int, np.integer)):
+        return f"{int(v)}" + (f" {unit}" if unit else "")
+    if isinstance(v, (float, np.floating)):
+        text = f"{float(v):.3g}" + (f" {unit}" if unit else "")
+        if unit.startswith("rad"):
+            text += f" ({float(v) / (2 * np.pi):.3f} waves)"
+        return text
+    if isinstance(v, str):
+        return v
+    if isinstance(v, Path):
+        return str(v)
+    if isinstance(v, (tuple, list, np.ndarray)) and 0 < len(v) <= 4 and all(
+            isinstance(x, (int, float, np.integer, np.floating)) for x in v):
+        return ", ".join(f"{float(x):.3g}" for x in v) + (f" {unit}" if unit else "")
+    return None
+
+
+def describe_result(data: Any) -> str:
+    """A step's result in words and units, one fact per line (never a raw Python repr).
+
+    Paths say where the file is; a calibration record says what it corrects; dicts give their
+    scalar fields by name (``max_count`` -> "brightest pixel: 2929 counts", booleans as
+    yes/no, unknown values as "not measured yet").
+    """
     if data is None:
         return "done"
-    if isinstance(data, (bool, int, float, str)):
+    if isinstance(data, Path):
+        return f"saved to {data}"
+    if isinstance(data, (bool, np.bool_)):
+        return "yes" if data else "no"
+    if isinstance(data, (int, float, str)):
         return str(data)
-    items = data.items() if isinstance(data, dict) else (
+    if hasattr(data, "correction_rad") and hasattr(data, "fibre_id"):
+        n = len(getattr(data, "correction_rad"))
+        carrier = _value_text("carrier_cyc_per_px", getattr(data, "carrier_cyc_per_px", None), "cycles/pixel")
+        lines = [f"correction for {n} cores of fibre {data.fibre_id} is now active on the SLM",
+                 f"calibration id: {getattr(data, 'calibration_id', '?')}"]
+        if carrier:
+            lines.append(f"fringe carrier: {carrier}")
+        return "\n".join(lines)
+    items: Any = data.items() if isinstance(data, dict) else (
         (k, getattr(data, k)) for k in dir(data) if not k.startswith("_") and not callable(getattr(data, k, None))
     )
-    lines = []
+    lines: list[str] = []
     for k, v in items:
-        if isinstance(v, (bool, int, str)) or v is None:
-            lines.append(f"{k}: {v}")
-        elif isinstance(v, float):
-            lines.append(f"{k}: {v:.4g}")
-        elif isinstance(v, tuple) and len(v) <= 4 and all(isinstance(x, (int, float)) for x in v):
-            lines.append(f"{k}: ({', '.join(f'{x:.4g}' for x in v)})")
-        elif isinstance(v, np.ndarray) and v.ndim == 1 and v.size <= 4:
-            lines.append(f"{k}: {np.array2string(v, precision=3)}")
+        if isinstance(v, dict):  # one level of nesting (fit quality): its scalars, named
+            for k2, v2 in v.items():
+                name, unit = _unit_and_name(str(k2))
+                text = _value_text(str(k2), v2, unit)
+                if text is not None:
+                    lines.append(f"{name}: {text}")
+            continue
+        name, unit = _unit_and_name(str(k))
+        text = _value_text(str(k), v, unit)
+        if text is not None:
+            lines.append(f"{name}: {text}" if name else text)
     return "\n".join(lines[:12]) or "done"
+
+
+_summary = describe_result  # the name earlier versions used
 
 
 IMAGE_KEYS: dict[str, tuple[str, ...]] = {
@@ -156,11 +257,12 @@ class _Relay(QObject):
 class StepPage(QWizardPage):
     """One calibration step: runs its method when entered, shows the returned data."""
 
-    def __init__(self, key: str, title: str, text: str, wizard: "CalibrationWizardDialog") -> None:
+    def __init__(self, key: str, title: str, text: str, wizard: "CalibrationWizardDialog",
+                 number: int = 1, total: int = 1) -> None:
         super().__init__()
         self.key = key
         self.dialog = wizard
-        self.setTitle(title)
+        self.setTitle(f"Step {number} of {total}: {title}")
         self.setSubTitle(text)
         self.result: Any = None
         self.error: str | None = None
@@ -172,6 +274,17 @@ class StepPage(QWizardPage):
         self.viewbox.addItem(self.image_item)
         self.marker = pg.ScatterPlotItem(size=18, symbol="+", pen=pg.mkPen("#ff3030", width=2), brush=None)
         self.viewbox.addItem(self.marker)
+        # a colour bar says what the colours mean (counts, log magnitude, radians)
+        self.colorbar: pg.ColorBarItem | None = None
+        if key in IMAGE_KEYS:
+            self.colorbar = pg.ColorBarItem(values=(0, 1), colorMap=pg.colormap.get("viridis"),
+                                            interactive=False, label=COLOURBAR_LABELS.get(key, ""))
+            self.colorbar.setImageItem(self.image_item, insert_in=self.canvas.ci)
+        # Apply is the operator's decision (it changes every hologram); Save happens on Finish
+        self.action = QPushButton(ACTION_TEXT.get(key, ""), self)
+        self.action.setObjectName(f"{key}ActionButton")
+        self.action.setVisible(key in ACTION_TEXT)
+        self.action.clicked.connect(self.run_step)
         self.canvas.setVisible(key in IMAGE_KEYS)
         self.canvas.setMinimumHeight(300 if key in IMAGE_KEYS else 0)
         self.status = QLabel("", self)
@@ -181,13 +294,33 @@ class StepPage(QWizardPage):
         self.retry.setVisible(False)
         self.retry.clicked.connect(self.run_step)
         lay.addWidget(self.canvas, 1)
+        lay.addWidget(self.action)
         lay.addWidget(self.status)
         lay.addWidget(self.retry)
 
     def initializePage(self) -> None:  # noqa: N802 - Qt API
-        self.run_step()
+        if self.key == "apply":
+            self._done = False
+            self.action.setEnabled(True)
+            self.status.setText("Press Apply to install the measured correction (nothing changes until then).")
+            self.completeChanged.emit()
+        elif self.key == "save":
+            self._done = True  # Finish saves
+            self.status.setText(f"Press Finish to save the calibration record to\n{self.dialog.save_path}\n"
+                                "and make it the active calibration; Cancel keeps the previous one.")
+            self.completeChanged.emit()
+        else:
+            self.run_step()
+
+    def validatePage(self) -> bool:  # noqa: N802 - Qt API
+        """Finish on the Save page writes the record (synchronously: a small JSON file)."""
+        if self.key != "save":
+            return True
+        return self.dialog.save_now()
 
     def run_step(self) -> None:
+        if self.key == "apply":
+            self.action.setEnabled(False)
         self._done = False
         self.error = None
         self.retry.setVisible(False)
@@ -199,7 +332,8 @@ class StepPage(QWizardPage):
         if exc is not None:
             self.error = str(exc)
             self.status.setText(f"<b style='color:#c00000'>Failed:</b> {exc}")
-            self.retry.setVisible(True)
+            self.retry.setVisible(self.key != "apply")
+            self.action.setEnabled(True)
             log.error("calibration step %s failed: %s", self.key, exc)
         else:
             self.result = result
@@ -215,16 +349,23 @@ class StepPage(QWizardPage):
                 img = np.log1p(img)  # raw magnitudes span decades
             finite = img[np.isfinite(img)]
             lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+            cmap = pg.colormap.get("viridis")
             if self.key in ("phases", "verify"):
                 lo, hi = -np.pi, np.pi
-                self.image_item.setColorMap(pg.colormap.get("CET-C1"))  # cyclic map for phases
-            self.image_item.setImage(img, levels=(lo, hi if hi > lo else lo + 1), autoLevels=False)
+                cmap = pg.colormap.get("CET-C1")  # cyclic map for phases
+            hi = hi if hi > lo else lo + 1
+            self.image_item.setImage(img, levels=(lo, hi), autoLevels=False)
+            if self.colorbar is not None:
+                self.colorbar.setColorMap(cmap)
+                self.colorbar.setLevels((lo, hi))
+            else:
+                self.image_item.setColorMap(cmap)
             self.viewbox.autoRange(padding=0)
         if self.key == "fourier":
             xy = carrier_xy(result)
             if xy is not None:
                 self.marker.setData([xy[0]], [xy[1]])
-        self.status.setText(_summary(result))
+        self.status.setText(describe_result(result))
 
     def isComplete(self) -> bool:  # noqa: N802 - Qt API
         return self._done
@@ -242,6 +383,9 @@ def _takes_argument(fn: Any) -> bool:
 class CalibrationWizardDialog(QWizard):
     """Walks the operator through a per-core phase calibration (non-modal)."""
 
+    #: a line for the operator's log once the record is saved (Finish)
+    saved_message = Signal(str)
+
     def __init__(self, steps: Any, parent: QWidget | None = None, save_path: str | Path | None = None) -> None:
         super().__init__(parent)
         self.steps = steps
@@ -257,13 +401,35 @@ class CalibrationWizardDialog(QWizard):
         self._relay = _Relay()
         self._relay.done.connect(self._on_done)
         self.pages: dict[str, StepPage] = {}
-        for key, title, text, names in STEPS:
-            if self._method(names) is None and key == "mode":
-                continue  # a steps object without an explicit mode switch
-            page = StepPage(key, title, text, self)
+        shown = [st for st in STEPS if not (self._method(st[3]) is None and st[0] == "mode")]
+        for i, (key, title, text, _names) in enumerate(shown, start=1):
+            page = StepPage(key, title, text, self, number=i, total=len(shown))
             self.pages[key] = page
             self.addPage(page)
         self.finished.connect(self._shutdown)
+
+    def save_now(self) -> bool:
+        """Write the calibration record (Finish); a failure stays on the page with its reason."""
+        page = self.pages.get("save")
+        fn = self._method(next(s[3] for s in STEPS if s[0] == "save"))
+        try:
+            if fn is None:
+                raise RuntimeError("this calibration cannot be saved (no save step)")
+            if _takes_argument(fn):
+                self.save_path.parent.mkdir(parents=True, exist_ok=True)
+                res = fn(self.save_path)
+            else:
+                res = fn()
+        except Exception as exc:  # shown on the page: Finish stays possible after a fix
+            if page is not None:
+                page.status.setText(f"<b style='color:#c00000'>Saving failed:</b> {exc}")
+            log.error("saving the calibration failed: %s", exc)
+            return False
+        self.saved = True
+        self.saved_to = res
+        where = res if isinstance(res, (str, Path)) else self.save_path
+        self.saved_message.emit(f"calibration saved to {where} and active from the next run")
+        return True
 
     def _method(self, names: tuple[str, ...]) -> Any:
         for n in names:

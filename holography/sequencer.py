@@ -249,6 +249,10 @@ class RotationDriver:
     thread: whoever owns that clock calls :meth:`tick` (the simulated camera before each
     frame), so the ellipse turns at ``rate_deg_s`` of *that* time however fast the CPU runs,
     and a device error is raised to the caller.
+
+    A closed-loop controller (:mod:`mcf_rotator.rotation_control`) sets the rate with
+    :meth:`command_rate` from the pipeline thread: clamped to ``[0, max_rate_deg_s]``, where
+    ``max_rate_deg_s`` = ``max_step_per_refresh_deg`` x the SLM refresh rate.
     """
 
     def __init__(
@@ -260,6 +264,7 @@ class RotationDriver:
         on_error: Callable[[str], None] | None = None,
         start_angle_deg: float = 0.0,
         clock: Callable[[], float] | None = None,
+        max_step_per_refresh_deg: float = 20.0,
     ) -> None:
         self.slm = slm
         self.clock = clock
@@ -273,6 +278,9 @@ class RotationDriver:
         self._frames = 0
         self._last_write_t = -float("inf")
         self._min_gap_s = 1.0 / max(float(getattr(slm, "refresh_rate_hz", 60.0)), 1e-3)
+        if not (np.isfinite(max_step_per_refresh_deg) and max_step_per_refresh_deg > 0):
+            raise ValueError(f"max_step_per_refresh_deg must be > 0 deg, got {max_step_per_refresh_deg}")
+        self._max_step = float(max_step_per_refresh_deg)
         self._paused = False
         self._ticking = False  # clock mode: between start() and stop()
         self._last_tick = 0.0  # clock mode: clock reading at the last tick (set by start())
@@ -359,6 +367,22 @@ class RotationDriver:
         with self._lock:
             self._rate = float(rate_deg_s)
             self._direction = direction
+
+    @property
+    def max_rate_deg_s(self) -> float:
+        """Fastest rate :meth:`command_rate` applies: the largest ellipse step per SLM refresh
+        times the refresh rate (a faster ellipse would skip steps the cell needs to follow)."""
+        return self._max_step / self._min_gap_s
+
+    def command_rate(self, rate_deg_s: float, direction: int | None = None) -> float:
+        """Apply a rate from a closed-loop controller (any thread): clamped to
+        ``[0, max_rate_deg_s]`` instead of refused, and a non-finite rate holds the ellipse, so
+        a bad estimate upstream can neither stop the loop with an exception nor spin the trap
+        faster than the SLM can show. Returns the rate applied."""
+        rate = float(rate_deg_s)
+        rate = min(max(rate, 0.0), self.max_rate_deg_s) if np.isfinite(rate) else 0.0
+        self.set_rate(rate, direction)
+        return rate
 
     def show_now(self) -> None:
         """Write the pattern for the current angle immediately (e.g. after a new calibration)."""

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from mcf_rotator import strict_json
 from mcf_rotator.errors import InputFileError, McfRotatorError
 
 log = logging.getLogger(__name__)
@@ -165,35 +166,13 @@ def find_cells(inputs: Iterable[str | Path], exclude: Path | None = None) -> lis
 
 # ----------------------------------------------------------------------------- one cell
 def recording_pixel_size(path: str | Path) -> float | None:
-    """Camera pixel size (um) stored in a recording's metadata, or None.
+    """Camera pixel size (um) stored in a recording's metadata, or None: the same lookup as
+    ``reconstruct`` (:func:`~mcf_rotator.reconstruction.io.read_pixel_size`: OME-XML, NGFF scale,
+    ImageJ calibration, the frames.jsonl header)."""
+    from mcf_rotator.reconstruction.io import read_pixel_size
 
-    Our OME-TIFF recordings carry it as OME ``PhysicalSizeX``; OME-Zarr recordings as the
-    multiscales ``scale`` of the image axes (``y``/``x``) when it is not the placeholder 1.
-    """
-    p = Path(path)
     try:
-        if p.is_dir():
-            import zarr
-
-            attrs = dict(zarr.open_group(str(p), mode="r").attrs)
-            ms = (attrs.get("ome", attrs).get("multiscales") or [{}])[0]
-            axes = [a.get("name") for a in ms.get("axes", [])]
-            for ds in ms.get("datasets", []):
-                for t in ds.get("coordinateTransformations", []):
-                    if t.get("type") == "scale" and "x" in axes:
-                        s = float(t["scale"][axes.index("x")])
-                        return s if s > 0 and s != 1.0 else None
-            return None
-        import tifffile
-
-        with tifffile.TiffFile(p) as tif:
-            xml = tif.ome_metadata
-        if not xml:
-            return None
-        import re
-
-        m = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', xml)
-        return float(m.group(1)) if m and float(m.group(1)) > 0 else None
+        return read_pixel_size(path)[0]
     except Exception:  # noqa: BLE001 - no readable metadata: no pixel size
         return None
 
@@ -210,14 +189,6 @@ def _atomic_write_text(path: Path, text: str) -> None:
         with contextlib.suppress(Exception):
             os.unlink(tmp)
         raise
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, (np.floating, np.integer, np.bool_)):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    return str(obj)
 
 
 def _limit_threads(n: int = 1) -> None:
@@ -308,7 +279,7 @@ def process_cell(cell: Cell, out: str | Path, pixel_size_um: float | None = None
                       morphology=morph.as_dict(), batch_worker=socket.gethostname())
         report["batch_timings_s"] = {"read": t1 - t0, "reconstruct": t2 - t1, "measure": t3 - t2,
                                      "total": time.perf_counter() - t0}
-        _atomic_write_text(marker, json.dumps(report, indent=2, default=_json_default))  # the marker: last
+        _atomic_write_text(marker, strict_json.dumps(report, indent=2))  # the marker: last
         return _row_from_report(cell, report, skipped=False)
     except Exception as exc:  # noqa: BLE001 - one cell's failure never stops the batch
         msg = str(exc) if isinstance(exc, McfRotatorError) else f"{cell.path}: {type(exc).__name__}: {exc}"

@@ -21,8 +21,8 @@ Threads (no signal per frame crosses them; the GUI pulls):
 
 from __future__ import annotations
 
+import atexit
 import enum
-import json
 import logging
 import math
 import threading
@@ -42,6 +42,7 @@ from mcf_rotator.errors import FrameTimeoutError, McfRotatorError, Reconstructio
 from mcf_rotator.recording import Recorder, RecordingSummary
 from mcf_rotator.rig import Rig, build_rig
 from mcf_rotator.ringbuffer import BufferClosed, FrameRingBuffer
+from mcf_rotator import strict_json
 
 log = logging.getLogger(__name__)
 
@@ -312,6 +313,21 @@ class RigController:
         self._cancel = threading.Event()
         self._run_done = threading.Event()
         self._run_done.set()
+        # set by stop() / cancel() / shutdown(): a running run_all() sequence ends at its next step
+        self._sequence_abort = threading.Event()
+        # FINISHING bookkeeping: steps so far (for the progress bar) and whether it was abandoned
+        self._finish_lock = threading.RLock()
+        self._finish_generation = 0
+        self._finish_steps: list[str] = []
+        self._finish_stage = 0
+        self._finish_committed = False
+        self._final_version: int | None = None
+        self._close_lock = threading.Lock()
+        self._stopping = False
+        self._drops_at_reconstruct = 0
+        self._closed_summary: RecordingSummary | None = None
+        # monotonic time the rotation started (the angle plot's time zero)
+        self._trace_origin: float | None = None
         self._latest_result: Any = None
         self._snapshot: Any = None
         self._trace_t: list[float] = []
@@ -365,6 +381,8 @@ class RigController:
         self.events.state_changed.emit(old, new)
 
     def _require(self, command: str, *allowed: RigState) -> None:
+        if self._stopping and command in ("rotate", "reconstruct"):
+            raise InvalidTransitionError(f"cannot {command}: the run is being stopped")
         if self._state not in allowed:
             hint = {
                 RigState.ERROR: "reset() after reading the error first",
@@ -387,22 +405,43 @@ class RigController:
             self.rig.connect()
             self._connected = True
             self._ensure_sequencer()
+            if self._stopped_while("trap"):
+                return
             self.rig.trap.set_enabled(True)
             self.rig.slm.show_phase(self._sequencer.phase_image(0.0))
             if self.pipeline_factory is default_pipeline_factory:
                 prepare_learned_detector(self.config)  # before the camera thread exists
+            if self._stopped_while("trap"):
+                return
             self._start_camera()
+            if self._stopped_while("trap"):
+                return
             self._info("trap on: ellipse at 0 deg, camera running")
         except Exception as exc:  # noqa: BLE001 - every failure is shown to the operator
+            if self._state != RigState.TRAPPING:
+                return  # stopped meanwhile: the failure belongs to a run that no longer exists
             self._fail(f"trap failed: {_describe(exc)}")
             raise
+
+    def _stopped_while(self, command: str) -> bool:
+        """True (after undoing what ``command`` started) when stop() ended TRAPPING meanwhile.
+
+        Stop runs beside a slow command (devices connect, holograms are built), so the command
+        checks between its steps instead of starting a camera on an idle rig.
+        """
+        if self._state == RigState.TRAPPING:
+            return False
+        self._teardown()
+        log.info("%s abandoned: the rig was stopped meanwhile", command)
+        return True
 
     def wait_trapped(self, timeout_s: float = 10.0, n_stable: int = 5, tolerance_px: float = 3.0) -> bool:
         """True once a cell is detected in ``n_stable`` consecutive new frames within ``tolerance_px``."""
         deadline = time.monotonic() + timeout_s
         spot = StableSpot(n_stable, tolerance_px)
         last_index = -1
-        while time.monotonic() < deadline and self._state == RigState.TRAPPING and not self._cancel.is_set():
+        while (time.monotonic() < deadline and self._state == RigState.TRAPPING and not self._cancel.is_set()
+               and not self._sequence_abort.is_set()):
             frame = self.ring.latest()
             if frame is None or frame.index == last_index:
                 time.sleep(0.01)
@@ -412,7 +451,7 @@ class RigController:
             if pts is not None:
                 self._mark_trapped(pts)
                 return True
-        if self._state == RigState.TRAPPING and not self._cancel.is_set():
+        if self._state == RigState.TRAPPING and not self._cancel.is_set() and not self._sequence_abort.is_set():
             self._info(f"no stable cell detected within {timeout_s:g} s", "warning")
         return False
 
@@ -468,18 +507,33 @@ class RigController:
                 rot = self.config.rotation
                 from mcf_rotator.holography.sequencer import RotationDriver
 
-                # on the simulated world's own time the camera thread ticks the driver
-                world = self.rig.world if self.lockstep else None
+                # on the simulated world's own time the camera thread ticks the driver, so the
+                # cell turns at the set rate per simulated second however loaded the machine is
+                world = self._world_clock_source()
                 self._rotation = RotationDriver(
                     self.rig.slm, self._sequencer, rot.rate_deg_s, rot.direction, on_error=self._on_thread_error,
                     clock=(lambda: float(world.time_s)) if world is not None else None,
                 )
                 self._rotation.start()
+                self._trace_origin = time.monotonic()
                 self._set_state(RigState.ROTATING)
             except Exception as exc:  # noqa: BLE001
                 self._fail(f"rotation failed to start: {_describe(exc)}")
                 raise
         self._info(f"rotating at {self.config.rotation.rate_deg_s:g} deg/s, recording to {self._recorder.path}")
+
+    def _world_clock_source(self) -> Any:
+        """The simulated world whose clock the camera advances (frames carry its time), or None.
+
+        Realtime or not, a simulated camera advances the world by one frame period per frame;
+        when frames come slower than the wall clock (a busy machine) the world's time lags
+        it, and an ellipse turned on the wall clock would spin the cell faster per frame.
+        """
+        world = self.rig.world
+        if world is None or not hasattr(world, "time_s"):
+            return None
+        cam_world = getattr(self.rig.camera, "world", None)
+        return world if (cam_world is world or self.lockstep) else None
 
     def reconstruct(self) -> None:
         """Start the live pipeline on the camera frames: RECONSTRUCTING."""
@@ -491,6 +545,7 @@ class RigController:
                 self._fail(f"reconstruction pipeline failed to start: {_describe(exc)}")
                 raise
             self.ring.clear()  # start with fresh frames (all of them are in the recording)
+            self._drops_at_reconstruct = self.ring.dropped
             if self.lockstep:
                 self.ring.block_when_full = True
             self._pipeline_stop.clear()
@@ -502,23 +557,40 @@ class RigController:
 
     def stop(self) -> None:
         """End the run now: reconstruct what was seen (if reconstructing), save, IDLE."""
-        state = self._state
+        self._sequence_abort.set()  # a run_all() sequence in progress takes no further step
+        with self._state_lock:
+            state = self._state
+            if state in (RigState.TRAPPING, RigState.ROTATING):
+                if self._stopping:
+                    return
+                self._stopping = True  # rotate()/reconstruct() now refuse: the run is ending
         if state == RigState.RECONSTRUCTING:
             self._pipeline_stop.set()
         elif state in (RigState.TRAPPING, RigState.ROTATING):
-            self._teardown()
-            if self._recorder is not None:
-                self._close_recording()
-            self._set_state(RigState.IDLE)
-            self._run_done.set()
+            try:
+                self._teardown()
+                if self._recorder is not None:
+                    self._close_recording()
+            finally:
+                self._set_state(RigState.IDLE)
+                self._stopping = False
+                self._run_done.set()
             self._info("stopped")
         elif state == RigState.ERROR:
             raise InvalidTransitionError("the rig is in error: reset() first")
 
     def cancel(self) -> None:
-        """Abandon the run at the next step boundary (recording kept, no reconstruction)."""
+        """Abandon the run now (recording kept, no reconstruction).
+
+        During FINISHING the final reconstruction is abandoned at once: the recording is
+        closed and the rig is IDLE while the refinement already running is left to end on
+        its own (its result is dropped).
+        """
         self._cancel.set()
-        if self._state in (RigState.TRAPPING, RigState.ROTATING, RigState.RECONSTRUCTING):
+        self._sequence_abort.set()
+        if self._state == RigState.FINISHING:
+            self._abandon_finishing()
+        elif self._state in (RigState.TRAPPING, RigState.ROTATING, RigState.RECONSTRUCTING):
             self._pipeline_stop.set()
             if self._state != RigState.RECONSTRUCTING:
                 self.stop()
@@ -610,6 +682,9 @@ class RigController:
 
     def reset(self) -> None:
         """Leave ERROR (or abort anything) and return to IDLE with devices released."""
+        self._sequence_abort.set()
+        if self._state == RigState.FINISHING:
+            self._abandon_finishing()  # never wait minutes for the final refinement
         self._teardown()
         if self._recorder is not None:
             self._close_recording()
@@ -622,39 +697,75 @@ class RigController:
         self._run_done.set()
 
     def shutdown(self) -> None:
-        """Stop everything and release devices (GUI closing mid-run). Safe to call twice."""
+        """Stop everything and release devices (GUI closing mid-run). Safe to call twice.
+
+        Returns within seconds in every state: FINISHING is abandoned (recording kept).
+        """
         self._cancel.set()
+        self._sequence_abort.set()
+        if self._state == RigState.FINISHING:
+            self._abandon_finishing()
         self._pipeline_stop.set()
         t = self._pipeline_thread
         if t is not None and t.is_alive() and t is not threading.current_thread():
             self.ring.close()
-            t.join(10.0)
+            deadline = time.monotonic() + 10.0
+            while t.is_alive() and time.monotonic() < deadline:
+                if self._state == RigState.FINISHING:  # it got there before it saw the cancel
+                    self._abandon_finishing()
+                    break
+                t.join(0.05)
         self.reset()
 
     def run_all(self, trap_timeout_s: float = 20.0, wait: bool = True, timeout_s: float | None = None) -> RunResult | None:
-        """Trap, wait for a stable cell, rotate, reconstruct; with ``wait`` block until finished."""
+        """Trap, wait for a stable cell, rotate, reconstruct; with ``wait`` block until finished.
+
+        A sequence, not one command: :meth:`stop`, :meth:`cancel` or :meth:`shutdown` from
+        another thread end it at its next step (returning None), and pause / rate / direction
+        act on the running rig meanwhile.
+        """
         self._cancel.clear()
-        self.trap()
+        self._sequence_abort.clear()
+        aborted = self._sequence_abort.is_set
+
+        def step(command: Callable[[], None]) -> bool:
+            """Run one step unless the sequence was stopped; False when it was."""
+            if aborted() or self._cancel.is_set():
+                return False
+            try:
+                command()
+            except InvalidTransitionError:
+                if aborted() or self._cancel.is_set():
+                    return False  # stopped between the check and the step
+                raise
+            return not (aborted() or self._cancel.is_set()) or self._state == RigState.RECONSTRUCTING
+
+        if not step(self.trap):
+            self._stop_quietly()
+            return None
         trapped = self.wait_trapped(trap_timeout_s)
         self._raise_if_error()
+        if aborted() or self._cancel.is_set():
+            self._stop_quietly()
+            return None
         if not trapped:
-            if self._cancel.is_set():
-                self.stop()
-                return None
             self.stop()
             raise McfRotatorError(
                 f"no cell was trapped within {trap_timeout_s:g} s: check the cell supply and the focus"
             )
-        if self._cancel.is_set():
-            self.stop()
+        if not step(self.rotate) or not step(self.reconstruct):
+            self._stop_quietly()
             return None
-        self.rotate()
-        if self._cancel.is_set():
-            self.stop()
-            return None
-        self.reconstruct()
         if not wait:
             return None
+        return self._wait_result(timeout_s)
+
+    def _stop_quietly(self) -> None:
+        """End a stopped sequence: whatever state it left behind goes to IDLE (ERROR stays)."""
+        if self._state in (RigState.TRAPPING, RigState.ROTATING):
+            self.stop()
+
+    def _wait_result(self, timeout_s: float | None) -> RunResult | None:
         if not self.wait_finished(timeout_s):
             raise McfRotatorError(f"the run did not finish within {timeout_s:g} s")
         self._raise_if_error()
@@ -677,6 +788,11 @@ class RigController:
 
     def volume_snapshot(self) -> Any:
         return self._snapshot
+
+    def volume_voxel_um(self) -> float:
+        """Voxel size (um) of the volume on show: the final one after a run, else the live one."""
+        recon = self._last_result.reconstruction if self._last_result is not None else None
+        return volume_voxel_um(self.config, self._pipeline, recon)
 
     def save_volume(self, path: str | Path) -> Path:
         """Write the volume on show as an ImageJ float32 TIFF with its voxel size.
@@ -724,8 +840,14 @@ class RigController:
         idx = list(self._traced_record_idx)
         return idx if len(idx) == n and all(i >= 0 for i in idx) else list(range(n))
 
+    @property
+    def trace_origin_s(self) -> float | None:
+        """Wall-clock (monotonic) time the rotation started: the angle plot's time zero."""
+        return self._trace_origin
+
     def angle_trace(self) -> tuple[np.ndarray, np.ndarray]:
-        """(timestamps s, tracked cumulative angle deg) of the processed frames."""
+        """(wall-clock acquisition time s (monotonic), cumulative angle deg) of the frames with
+        an angle: the live tracked angles during a run, the refined ones after it."""
         n = min(len(self._trace_t), len(self._trace_a))
         return np.asarray(self._trace_t[:n], float), np.asarray(self._trace_a[:n], float)
 
@@ -750,6 +872,10 @@ class RigController:
             "dropped_frames": dropped,
             "recorded_frames": recorded,
             "recording_backlog": rec.backlog if rec else 0,
+            # frames the live preview (pipeline) skipped since Reconstruct; the recording keeps all
+            "preview_skipped": (dropped - self._drops_at_reconstruct)
+            if self._state in (RigState.RECONSTRUCTING, RigState.FINISHING) else 0,
+            "recording_lost": getattr(rec, "frames_lost", 0) if rec else 0,
             "processed_frames": len(self._processed_record_idx),
             "commanded_angle_deg": self._rotation.angle_deg if self._rotation is not None else None,
         }
@@ -801,6 +927,15 @@ class RigController:
         self._trap_next_check = 0.0
         self._error_text = None
         self._last_result = None
+        self._final_version = None
+        self._closed_summary = None
+        self._trace_origin = None
+        self._stopping = False
+        self._drops_at_reconstruct = 0
+        with self._finish_lock:
+            self._finish_steps = []
+            self._finish_stage = 0
+            self._finish_committed = False
         self._rotation = None
         self._pipeline = None
         self.ring = FrameRingBuffer(self.ring.capacity)
@@ -875,11 +1010,14 @@ class RigController:
             "direction": self.config.rotation.direction,
             "simulated": self.rig.is_simulated,
         }
+        from mcf_rotator.ome_metadata import AcquisitionInfo
+
         self._recorder = Recorder(
             self._run_dir / f"recording{ext}",
             pixel_um=self.config.optics.object_pixel_um,
             metadata=meta,
             on_error=self._on_recording_error,
+            acquisition=AcquisitionInfo.from_config(self.config),  # objective, camera, exposure in the OME-XML
         )
 
     def _calibration_id(self) -> str | None:
@@ -914,7 +1052,9 @@ class RigController:
                         return
                     continue
                 self._frames_read += 1
-                self._frame_times.append(time.monotonic())
+                now = time.monotonic()
+                self._frame_times.append(now)
+                frame.metadata["wall_s"] = now  # the run's wall-clock time axis (angle plot)
                 try:
                     self._watch_trap(frame.image)
                 except Exception:  # noqa: BLE001 - the trap watch never stops the camera
@@ -977,7 +1117,7 @@ class RigController:
                 self._processed_record_idx.append(rec_idx)
                 angle = getattr(result, "angle_deg", None)
                 if angle is not None:
-                    self._trace_t.append(frame.timestamp)
+                    self._trace_t.append(float(frame.metadata.get("wall_s", time.monotonic())))
                     self._trace_a.append(float(angle))
                     self._traced_record_idx.append(rec_idx)
                     if self._recorder is not None and rec_idx >= 0:
@@ -1033,11 +1173,51 @@ class RigController:
             self.events.volume_updated.emit(int(getattr(snap, "version", 0)))
 
     # ================================================================== internals: finishing
+    #: what FINISHING does, in order (the GUI's progress bar counts these)
+    FINISH_STAGES: tuple[str, ...] = (
+        "stopping the rotation and the camera",
+        "final angles and volume",
+        "writing volume, angles and report",
+        "closing the recording",
+    )
+
+    def finishing_progress(self) -> dict[str, Any]:
+        """Where FINISHING is: ``stage`` (1-based index into ``stages``), ``stages``, and
+        ``step``, the newest step name (the final angles report their own sub-steps)."""
+        with self._finish_lock:
+            steps = list(self._finish_steps)
+            return {"stage": self._finish_stage, "stages": list(self.FINISH_STAGES),
+                    "step": steps[-1] if steps else "", "steps": steps}
+
+    def _finish_step(self, generation: int, stage: int | None, text: str) -> None:
+        """Record a FINISHING step (and say it); raises _FinishAbandoned once cancelled."""
+        with self._finish_lock:
+            if generation != self._finish_generation:
+                raise _FinishAbandoned()
+            if stage is not None:
+                self._finish_stage = stage
+            self._finish_steps.append(text)
+        self._info(text)
+
     def _finish(self, cancelled: bool) -> None:
         with self._state_lock:
             if self._state != RigState.RECONSTRUCTING:
                 return  # an error (or reset) got there first; it cleans up
+            with self._finish_lock:
+                self._finish_generation += 1
+                generation = self._finish_generation
+                self._finish_committed = False
+                self._finish_steps = []
+                self._finish_stage = 0
             self._set_state(RigState.FINISHING)
+        try:
+            self._finish_run(cancelled, generation)
+        except _FinishAbandoned:
+            log.info("finishing abandoned (cancel): the final reconstruction's result is dropped")
+
+    def _finish_run(self, cancelled: bool, generation: int) -> None:
+        step = lambda stage, text: self._finish_step(generation, stage, text)  # noqa: E731
+        step(1, self.FINISH_STAGES[0])
         self._stop_rotation_and_camera()
         # a cancel (e.g. shutdown() right after stop() when the window closes) that arrived
         # while the camera stopped still skips the reconstruction: it is the next step boundary
@@ -1047,8 +1227,9 @@ class RigController:
         try:
             if not cancelled:
                 try:
-                    self._info("finalising the reconstruction (angle refinement)")
-                    recon = self._pipeline.finalize(progress=lambda step: self._info(f"final angles: {step}"))
+                    step(2, "finalising the reconstruction (angle refinement)")
+                    recon = self._pipeline.finalize(progress=lambda name: step(None, f"final angles: {name}"))
+                    step(3, self.FINISH_STAGES[2])
                     result.reconstruction = recon
                     report = getattr(recon, "report", None)
                     conf = report.get("angle_confidence") if isinstance(report, dict) else None
@@ -1067,13 +1248,21 @@ class RigController:
                 if close is not None:
                     close()  # background work of the live pipeline (angle re-solves)
                 result.error = "cancelled"
+            with self._finish_lock:  # from here on a cancel has nothing left to save time on
+                if generation != self._finish_generation:
+                    raise _FinishAbandoned()
+                self._finish_committed = True
+                self._finish_steps.append(self.FINISH_STAGES[3])
+                self._finish_stage = 4
             result.recording = self._close_recording()
             result.report.setdefault("recording", str(result.recording.path) if result.recording else None)
             if result.report_path is None:
                 result.report_path = run_dir / "report.json"
                 result.report.update(self._run_report(None))
                 result.report["error"] = result.error
-            result.report_path.write_text(json.dumps(result.report, indent=2, default=str))
+            result.report_path.write_text(strict_json.dumps(result.report, indent=2))
+        except _FinishAbandoned:
+            raise
         except Exception as exc:  # noqa: BLE001
             self._on_thread_error(f"finishing: {_describe(exc)}")
             return
@@ -1083,6 +1272,10 @@ class RigController:
                     self.rig.trap.set_enabled(False)
                 except Exception:  # noqa: BLE001
                     log.exception("laser off failed")
+        self._end_run(result)
+
+    def _end_run(self, result: RunResult) -> None:
+        """FINISHING -> IDLE with ``result``; says which files the run folder holds."""
         self._last_result = result
         self._cancel.clear()
         with self._state_lock:
@@ -1090,26 +1283,76 @@ class RigController:
                 return
             self._set_state(RigState.IDLE)
         self._run_done.set()
+        self._info(saved_files_text(result))
         self.events.finished.emit(result)
+
+    def _abandon_finishing(self) -> None:
+        """Cancel during FINISHING: keep the recording, drop the final reconstruction, IDLE now.
+
+        The refinement keeps its thread until its next step (it cannot be interrupted inside
+        one); that thread finds the run abandoned and drops its result.
+        """
+        with self._finish_lock:
+            if self._state != RigState.FINISHING or self._finish_committed:
+                return  # not finishing, or only closing the recording is left: let it end
+            self._finish_generation += 1
+        self._info("finishing cancelled: recording kept, no final volume", "warning")
+        t = self._pipeline_thread
+        if t is not None and t.is_alive() and t is not threading.current_thread():
+            _ABANDONED_THREADS.append(t)  # joined at interpreter exit (see _join_abandoned)
+        self._pipeline_thread = None  # not joined now: it may be inside a minutes-long step
+        try:
+            self._stop_rotation_and_camera()
+        except Exception:  # noqa: BLE001
+            log.exception("stopping the camera failed")
+        run_dir = self._run_dir or self._new_run_dir()
+        result = RunResult(run_dir=run_dir, recording=self._close_recording(), error="cancelled")
+        try:
+            result.report_path = run_dir / "report.json"
+            result.report.update(self._run_report(None))
+            result.report.update(error="cancelled during finishing",
+                                 recording=str(result.recording.path) if result.recording else None)
+            result.report_path.write_text(strict_json.dumps(result.report, indent=2))
+        except OSError as exc:
+            self._info(f"cannot write {result.report_path}: {exc.strerror or exc}", "error")
+        finally:
+            if self.rig.trap.is_connected:
+                try:
+                    self.rig.trap.set_enabled(False)
+                except Exception:  # noqa: BLE001
+                    log.exception("laser off failed")
+        self._end_run(result)
 
     def _publish_final_volume(self, recon: Any) -> None:
         """Show the final volume and angles (refined) instead of the live ones, a version later.
 
         The live volume was back-projected at the causal tracked angles, which drift by tens of
-        degrees over a sweep; the view and the Save buttons must show what the run folder holds.
+        degrees over a sweep; the view, the angle plot, the coverage and the Save buttons must
+        show what the run folder holds.
         """
         from mcf_rotator.reconstruction.incremental import VolumeSnapshot
 
         live = self._pipeline.snapshot() or self._snapshot
         angles = np.asarray(recon.angles_deg, float)
         version = int(getattr(live, "version", 0) or 0) + 1
-        self._snapshot = VolumeSnapshot(version, np.asarray(recon.volume, np.float32), int(angles.size),
-                                        float(np.ptp(angles)) if angles.size else 0.0)
-        if angles.size and angles.size == len(self._trace_a):  # the angle plot shows the refined angles
+        coverage = float(np.ptp(angles)) if angles.size else 0.0
+        self._snapshot = VolumeSnapshot(version, np.asarray(recon.volume, np.float32), int(angles.size), coverage)
+        self._final_version = version
+        if angles.size:  # the angle plot shows the refined angles, on the run's time axis
+            times = list(self._trace_t)
+            if len(times) != angles.size:
+                t0, t1 = (times[0], times[-1]) if times else (0.0, 0.0)
+                times = [float(t) for t in np.linspace(t0, t1, angles.size)]
+            self._trace_t = times
             self._trace_a = [float(a) for a in angles]
-            self._coverage = float(np.ptp(angles))
+        self._coverage = coverage
         self._last_volume_emit = time.monotonic()
         self.events.volume_updated.emit(version)
+
+    @property
+    def final_volume_version(self) -> int | None:
+        """Version of the snapshot that is the run's final volume (None during a run)."""
+        return self._final_version
 
     def _write_outputs(self, result: RunResult, recon: Any) -> None:
         from mcf_rotator.reconstruction.io import write_angles, write_volume
@@ -1151,14 +1394,19 @@ class RigController:
         return rep
 
     def _close_recording(self) -> RecordingSummary | None:
-        rec = self._recorder
-        if rec is None:
-            return None
-        try:
-            summary = rec.close()
-        except RecordingError as exc:
-            self._info(str(exc), "error")
-            return None
+        """Close this run's recording once (later calls, from any thread, get the same summary)."""
+        with self._close_lock:
+            rec = self._recorder
+            if rec is None:
+                return None
+            if self._closed_summary is not None and self._closed_summary.path == rec.path:
+                return self._closed_summary
+            try:
+                summary = rec.close()
+            except RecordingError as exc:
+                self._info(str(exc), "error")
+                return None
+            self._closed_summary = summary
         if summary.error is None:
             self._info(f"recording closed: {summary.frames_written} frames in {summary.path}")
         return summary
@@ -1198,7 +1446,7 @@ class RigController:
     # ================================================================== errors
     def _make_device_error_handler(self, dev: Any) -> Callable[[str], None]:
         def handler(message: str) -> None:
-            self._on_thread_error(f"{getattr(dev, 'name', 'device')}: {message}")
+            self._on_thread_error(message if message.startswith(f"{dev.name}:") else f"{dev.name}: {message}")
 
         return handler
 
@@ -1228,6 +1476,40 @@ class RigController:
             if summary is not None:
                 self._info(f"recording kept: {summary.frames_written} frame(s) in {summary.path}", "warning")
             self._run_done.set()
+
+
+#: finishing threads whose result was abandoned; they end at their next step
+_ABANDONED_THREADS: list[threading.Thread] = []
+#: how long interpreter exit waits for them (a daemon thread killed inside native code, e.g. a
+#: BLAS or OpenCV pool, can abort the process on exit)
+ABANDONED_JOIN_S = 60.0
+
+
+@atexit.register
+def _join_abandoned() -> None:
+    """Interpreter exit: let abandoned final reconstructions reach their next step and end."""
+    deadline = time.monotonic() + ABANDONED_JOIN_S
+    for t in _ABANDONED_THREADS:
+        if t.is_alive():
+            log.info("waiting for an abandoned final reconstruction to stop")
+            t.join(max(0.0, deadline - time.monotonic()))
+
+
+class _FinishAbandoned(Exception):
+    """FINISHING was cancelled: the finishing thread drops what it was doing."""
+
+
+def saved_files_text(result: RunResult) -> str:
+    """One line naming what a finished run saved, and where (for the log and status bar)."""
+    names = [p.name for p in (result.volume_path, result.angles_path, result.report_path) if p is not None]
+    rec = result.recording
+    if rec is not None and getattr(rec, "path", None) is not None:
+        names.append(f"{Path(rec.path).name} ({rec.frames_written} frames)")
+    if not names:
+        return f"nothing was saved in {result.run_dir}"
+    what = ", ".join(names)
+    note = f"; no volume: {result.error}" if result.error and result.volume_path is None else ""
+    return f"saved {what} in {result.run_dir}{note}"
 
 
 def _stride_for(shape: tuple[int, ...], max_side: int) -> int:

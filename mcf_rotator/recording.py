@@ -7,10 +7,12 @@ Why it is built this way
   thread only enqueues (never blocks on the disk).
 - OME-TIFF: each frame is appended as its own uncompressed TIFF page and the file is flushed
   after every page, so a killed process leaves a valid multi-page TIFF up to the last whole
-  page. The OME-XML (shape, per-plane DeltaT, physical pixel size) needs the final frame
-  count, so it is written into the first page's ImageDescription when the recording closes.
-- OME-Zarr (NGFF 0.5 on zarr v3): one chunk file per frame; the array grows in blocks and the
-  final frame count is stored on close.
+  page. Page 0 carries valid minimal OME-XML from the start (rewritten in place with the
+  frame count as frames arrive); the full OME-XML (per-plane DeltaT and exposure, instrument)
+  replaces it when the recording closes.
+- OME-Zarr (NGFF 0.5 on zarr v3, metadata through ome-zarr-models): one chunk file per frame,
+  dimension names on the array; the array grows in blocks, the time scale is the measured
+  frame interval and the final frame count is stored on close.
 - Per-frame metadata (timestamp, SLM state, calibration id, tracked angle once known) goes to
   a JSON-lines sidecar flushed per frame (``<name>.frames.jsonl`` beside a TIFF, inside the
   ``.ome.zarr`` folder for Zarr). Tracked angles arrive later than the frame, so they are
@@ -31,18 +33,31 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, Sequence
 
 import numpy as np
 
+from mcf_rotator import strict_json
 from mcf_rotator.errors import InputFileError, RecordingError
+from mcf_rotator.ome_metadata import (
+    RECORDING_DIMS,
+    AcquisitionInfo,
+    frame_interval,
+    minimal_ome_xml,
+    ngff_image_attrs,
+    ome_xml,
+)
 
 log = logging.getLogger(__name__)
 
 RecordFormat = Literal["ome-tiff", "ome-zarr"]
 SIDECAR_SUFFIX = ".frames.jsonl"
-_PLACEHOLDER = "mcf-rotator recording in progress (OME-XML written on close)"
+#: bytes reserved for page 0's OME-XML while recording (rewritten in place as frames arrive)
+_XML_RESERVE = 2048
+#: seconds between in-place rewrites of that XML (each costs a few ms)
+_XML_UPDATE_S = 0.5
 _SENTINEL = object()
 
 
@@ -68,11 +83,26 @@ def format_for_path(path: str | Path) -> RecordFormat:
     return "ome-zarr" if str(path).lower().rstrip("/").endswith(".zarr") else "ome-tiff"
 
 
+def _short_write_on_full_disk(path: Path, exc: OSError) -> bool:
+    """A write that stopped short without an errno (numpy's ``tofile``, used by tifffile, says
+    "N requested and M written") on a drive with (almost) no room left: the disk is full."""
+    if exc.errno is not None or "requested and" not in str(exc):
+        return False
+    import shutil
+
+    try:
+        return shutil.disk_usage(path.parent).free < 16 * 2**20
+    except OSError:
+        return False
+
+
 def _describe_os_error(path: Path, exc: OSError, written: int) -> str:
-    if exc.errno == errno.ENOSPC:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT) or _short_write_on_full_disk(path, exc):
         why = "the disk is full"
     elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         why = "permission denied (is the folder writable?)"
+    elif "requested and" in str(exc):  # a short write with room left: a removed drive, a quota
+        why = f"a write stopped short ({exc}): is the drive still there, or over a quota?"
     else:
         why = str(exc)
     return (
@@ -83,26 +113,41 @@ def _describe_os_error(path: Path, exc: OSError, written: int) -> str:
 
 # ----------------------------------------------------------------------------- backends
 class _TiffBackend:
-    """Appends pages to an OME-TIFF, flushing each page."""
+    """Appends pages to an OME-TIFF, flushing each page.
 
-    def __init__(self, path: Path, pixel_um: float | None, name: str) -> None:
+    Page 0 carries valid minimal OME-XML from the start, padded to :data:`_XML_RESERVE`
+    bytes and rewritten in place (frame count) at most every :data:`_XML_UPDATE_S`, so an
+    interrupted file opens as OME in every reader; the full XML (per-plane DeltaT and
+    exposure) replaces it on close.
+    """
+
+    def __init__(self, path: Path, info: AcquisitionInfo, name: str) -> None:
         import tifffile
 
         self.path = path
-        self.pixel_um = pixel_um
+        self.info = info
         self.name = name
         self._tifffile = tifffile
         self._writer: Any = None
         self._shape: tuple[int, int] | None = None
         self._dtype: np.dtype | None = None
+        self._xml_offset: int | None = None
+        self._xml_updated = 0.0
+        self._xml_count = 0
         self.count = 0
+
+    def _progress_xml(self, n: int) -> bytes:
+        assert self._shape is not None and self._dtype is not None
+        xml = minimal_ome_xml(self.info, name=self.name, shape=self._shape, dtype=self._dtype, n_frames=n)
+        return xml.encode("ascii", "xmlcharrefreplace")  # TIFF ASCII tag: "µm" as a character reference
 
     def append(self, image: np.ndarray) -> None:
         if self._writer is None:
             self._shape = image.shape
             self._dtype = image.dtype
             self._writer = self._tifffile.TiffWriter(self.path, bigtiff=True, ome=False)
-            desc = {"description": _PLACEHOLDER}
+            xml = self._progress_xml(1)
+            desc = {"description": (xml + b" " * max(0, _XML_RESERVE - len(xml))).decode("ascii")}
         else:
             desc = {}
             if image.shape != self._shape or image.dtype != self._dtype:
@@ -113,6 +158,31 @@ class _TiffBackend:
         self._writer.write(image, contiguous=False, photometric="minisblack", metadata=None, **desc)
         self._writer._fh.flush()
         self.count += 1
+        if self.count == 1:
+            self._locate_description()
+            self._xml_count = 1
+        elif time.monotonic() - self._xml_updated >= _XML_UPDATE_S:
+            self._update_description()
+
+    def _locate_description(self) -> None:
+        """Where page 0's ImageDescription value lies (read back once, after the first flush)."""
+        with self._tifffile.TiffFile(self.path) as tif:
+            tag = tif.pages.first.tags.get("ImageDescription")
+            self._xml_offset = int(tag.valueoffset) if tag is not None and tag.count >= _XML_RESERVE else None
+        self._xml_updated = time.monotonic()
+
+    def _update_description(self) -> None:
+        """Rewrite page 0's OME-XML in place with the frame count written so far."""
+        self._xml_updated = time.monotonic()
+        if self._xml_offset is None or self.count == self._xml_count:
+            return
+        xml = self._progress_xml(self.count)
+        if len(xml) > _XML_RESERVE:
+            return  # does not fit: the close writes the full XML
+        with open(self.path, "r+b") as fh:
+            fh.seek(self._xml_offset)
+            fh.write(xml + b" " * (_XML_RESERVE - len(xml)))
+        self._xml_count = self.count
 
     def close(self, timestamps: Sequence[float]) -> None:
         if self._writer is None:
@@ -121,22 +191,9 @@ class _TiffBackend:
         self._writer = None
         if self.count == 0 or self._shape is None:
             return
-        ox = self._tifffile.OmeXml()
-        h, w = self._shape
-        n = self.count
-        kwargs: dict[str, Any] = {"Name": self.name}
-        if self.pixel_um:
-            kwargs.update(
-                PhysicalSizeX=float(self.pixel_um),
-                PhysicalSizeY=float(self.pixel_um),
-                PhysicalSizeXUnit="µm",
-                PhysicalSizeYUnit="µm",
-            )
-        if len(timestamps) == n:
-            t0 = timestamps[0]
-            kwargs["Plane"] = {"DeltaT": [float(t - t0) for t in timestamps], "DeltaTUnit": ["s"] * n}
-        ox.addimage(self._dtype, (n, h, w), (n, 1, 1, h, w, 1), axes="TYX", **kwargs)
-        self._tifffile.tiffcomment(self.path, ox.tostring().encode("utf-8"))
+        xml = ome_xml(self.info, name=self.name, shape=self._shape, dtype=self._dtype, n_frames=self.count,
+                      timestamps=list(timestamps) if len(timestamps) == self.count else None)
+        self._tifffile.tiffcomment(self.path, xml.encode("ascii", "xmlcharrefreplace"))
 
     def abort(self) -> None:
         """Close the file handle after an error; pages already written stay valid."""
@@ -152,55 +209,45 @@ class _TiffBackend:
 
 
 class _ZarrBackend:
-    """Appends frames to an OME-Zarr (NGFF 0.5, zarr v3) image, one chunk per frame."""
+    """Appends frames to an OME-Zarr (NGFF 0.5, zarr v3) image, one chunk per frame.
+
+    The multiscales metadata comes from ome-zarr-models; its time scale is the nominal frame
+    interval at the first frame, the measured one from the second frame on and the median
+    spacing of all timestamps on close.
+    """
 
     GROW = 128
 
-    def __init__(self, path: Path, pixel_um: float | None, name: str) -> None:
+    def __init__(self, path: Path, info: AcquisitionInfo, name: str, timestamps: Sequence[float] = ()) -> None:
         self.path = path
-        self.pixel_um = pixel_um
+        self.info = info
         self.name = name
+        self._timestamps = timestamps  # the recorder's list of written frames' timestamps (shared)
+        self._interval_measured = False
         import zarr
 
         # created now (replacing an old recording at this path) so the sidecar can live inside
         self._group: Any = zarr.open_group(str(path), mode="w", zarr_format=3)
         self._array: Any = None
         self.count = 0
+        ngff_image_attrs(name, info.pixel_um, info.frame_interval_s)  # imports the models before frames arrive
+
+    def _write_attrs(self, interval_s: float | None, complete: bool) -> None:
+        info: dict[str, Any] = {"complete": complete, "acquisition": self.info.to_json()}
+        if complete:
+            info["n_frames"] = self.count
+        self._group.attrs.update(
+            {"ome": ngff_image_attrs(self.name, self.info.pixel_um, interval_s), "mcf_rotator": info}
+        )
 
     def append(self, image: np.ndarray) -> None:
         if self._array is None:
             h, w = image.shape
             self._array = self._group.create_array(
                 "0", shape=(self.GROW, h, w), chunks=(1, h, w), dtype=image.dtype, fill_value=0,
-                compressors=None,
+                compressors=None, dimension_names=RECORDING_DIMS,
             )
-            scale = float(self.pixel_um or 1.0)
-            self._group.attrs.update(
-                {
-                    "ome": {
-                        "version": "0.5",
-                        "multiscales": [
-                            {
-                                "name": self.name,
-                                "axes": [
-                                    {"name": "t", "type": "time", "unit": "second"},
-                                    {"name": "y", "type": "space", "unit": "micrometer"},
-                                    {"name": "x", "type": "space", "unit": "micrometer"},
-                                ],
-                                "datasets": [
-                                    {
-                                        "path": "0",
-                                        "coordinateTransformations": [
-                                            {"type": "scale", "scale": [1.0, scale, scale]}
-                                        ],
-                                    }
-                                ],
-                            }
-                        ],
-                    },
-                    "mcf_rotator": {"complete": False},
-                }
-            )
+            self._write_attrs(self.info.frame_interval_s, complete=False)
         elif image.shape != self._array.shape[1:] or image.dtype != self._array.dtype:
             raise RecordingError(
                 f"recording {self.path}: frame {self.count} is {image.shape} {image.dtype}, "
@@ -210,12 +257,16 @@ class _ZarrBackend:
             self._array.resize((self._array.shape[0] + self.GROW,) + tuple(self._array.shape[1:]))
         self._array[self.count] = image
         self.count += 1
+        if not self._interval_measured and len(self._timestamps) >= 2:
+            # the first measured interval replaces the nominal one (an interrupted run keeps it)
+            self._interval_measured = True
+            self._write_attrs(frame_interval(self._timestamps[:2], self.info.frame_interval_s), complete=False)
 
     def close(self, timestamps: Sequence[float]) -> None:
         if self._array is None:
             return
         self._array.resize((self.count,) + tuple(self._array.shape[1:]))
-        self._group.attrs["mcf_rotator"] = {"complete": True, "n_frames": self.count}
+        self._write_attrs(frame_interval(timestamps, self.info.frame_interval_s), complete=True)
         self._array = None
 
     def abort(self) -> None:
@@ -250,7 +301,12 @@ class Recorder:
         pixel_um: float | None = None,
         metadata: dict[str, Any] | None = None,
         on_error: Callable[[str], None] | None = None,
+        acquisition: AcquisitionInfo | None = None,
     ) -> None:
+        """``acquisition`` describes the instrument for the OME metadata (see
+        :meth:`AcquisitionInfo.from_config`); without it what ``metadata`` names is used
+        (``pixel_um``, ``magnification``, ``exposure_ms``, ``frame_rate_hz``...). ``pixel_um``
+        overrides both."""
         self.path = Path(path)
         self.format: RecordFormat = fmt or format_for_path(self.path)
         self.sidecar = sidecar_path(self.path)
@@ -264,15 +320,25 @@ class Recorder:
         self._lock = threading.Lock()
         self._closed = False
         name = recording_stem(self.path)
+        started = time.time()
+        info = acquisition or AcquisitionInfo.from_header(metadata or {})
+        self.acquisition = info.merged(
+            pixel_um=pixel_um, started=info.started or datetime.fromtimestamp(started, timezone.utc)
+        )
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if self.format == "ome-zarr":
-                self._backend: _TiffBackend | _ZarrBackend = _ZarrBackend(self.path, pixel_um, name)
+                self._backend: _TiffBackend | _ZarrBackend = _ZarrBackend(
+                    self.path, self.acquisition, name, self._timestamps
+                )
             else:
-                self._backend = _TiffBackend(self.path, pixel_um, name)
+                self._backend = _TiffBackend(self.path, self.acquisition, name)
             self._sidecar_fh = open(self.sidecar, "w", encoding="utf-8")
-            header = {"kind": "header", "format": self.format, "started_unix": time.time(), **(metadata or {})}
-            self._sidecar_fh.write(json.dumps(header, default=_json_default) + "\n")
+            header = {"kind": "header", "format": self.format, "started_unix": started, **(metadata or {}),
+                      "acquisition": self.acquisition.to_json()}
+            if self.acquisition.pixel_um:
+                header["pixel_um"] = self.acquisition.to_json()["pixel_um"]
+            self._sidecar_fh.write(strict_json.dumps(header) + "\n")
             self._sidecar_fh.flush()
         except OSError as exc:
             raise RecordingError(_describe_os_error(self.path, exc, 0)) from exc

@@ -15,7 +15,7 @@ import logging
 import math
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +79,8 @@ def _read_tiff(p: Path) -> np.ndarray:
 
     with _quiet_tifffile():  # a torn file's tag errors: reported once, below
         try:
+            if _interrupted_recording(p):
+                raise ValueError("the recording was interrupted before it closed")
             return np.asarray(tifffile.imread(p))
         except Exception as exc:  # noqa: BLE001 - a torn file: try page by page below
             first_error = exc
@@ -95,6 +97,20 @@ def _read_tiff(p: Path) -> np.ndarray:
         p, frames.shape[0],
     )
     return frames
+
+
+def _interrupted_recording(p: Path) -> bool:
+    """Our OME-TIFF recording whose page-0 OME-XML is still the in-progress one (the process
+    ended before closing it): its OME frame count lags the pages on disk."""
+    import tifffile
+
+    from mcf_rotator.ome_metadata import IN_PROGRESS
+
+    try:
+        with tifffile.TiffFile(p) as tif:
+            return IN_PROGRESS in (tif.pages.first.description or "")[:4096]
+    except Exception:  # noqa: BLE001 - unreadable: the caller's reader reports it
+        return False
 
 
 def _read_zarr_recording(p: Path) -> np.ndarray:
@@ -176,10 +192,17 @@ def _refuse_non_finite(p: Path, data: np.ndarray, what: str) -> None:
 
 
 def read_angles(path: str | Path) -> np.ndarray:
-    """Angle CSV with header ``frame,angle_deg`` -> angles ordered by frame.
+    """Angle CSV with header ``frame,angle_deg`` -> angles ordered by frame (see
+    :func:`read_angle_table` for the frame numbers)."""
+    return read_angle_table(path)[1]
 
-    Refused, naming the file and the row: missing columns, values that are not numbers,
-    NaN/inf angles, a frame number given twice, an empty table.
+
+def read_angle_table(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Angle CSV with header ``frame,angle_deg`` -> (frame numbers, angles), ordered by frame.
+
+    Gaps are allowed (a run's table starts at its first processed frame). Refused, naming the
+    file and the row: missing columns, values that are not numbers, NaN/inf angles, a negative
+    frame, a frame number given twice, an empty table.
     """
     p = Path(path)
     pairs: dict[int, tuple[float, int]] = {}
@@ -208,6 +231,8 @@ def read_angles(path: str | Path) -> np.ndarray:
                     angle = float(angle_s)
                 except ValueError:
                     raise InputFileError(f"{p}: row {line}: angle {angle_s.strip()!r} is not a number") from None
+                if frame < 0:
+                    raise InputFileError(f"{p}: row {line}: frame {frame} is negative")
                 if not math.isfinite(angle):
                     raise InputFileError(f"{p}: row {line}: angle {angle_s.strip()!r} is not a finite number")
                 if frame in pairs:
@@ -221,7 +246,33 @@ def read_angles(path: str | Path) -> np.ndarray:
         raise InputFileError(f"{p}: not an angle table with header frame,angle_deg ({exc})") from exc
     if not pairs:
         raise InputFileError(f"{p}: the angle table has no rows")
-    return np.array([pairs[k][0] for k in sorted(pairs)])
+    order = sorted(pairs)
+    return np.array(order, dtype=np.int64), np.array([pairs[k][0] for k in order])
+
+
+def select_angle_frames(
+    frames: np.ndarray, table_frames: np.ndarray, angles: np.ndarray, stack_name: str | Path, table_name: str | Path
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """The frames that have an angle in the table, their angles, and how many were left out.
+
+    Refused (naming both files) when the table names frames the stack does not hold, or when
+    fewer than :data:`MIN_FRAMES` frames have an angle.
+    """
+    n = int(frames.shape[0])
+    beyond = table_frames[table_frames >= n]
+    if beyond.size:
+        raise InputFileError(
+            f"{table_name}: names frame {int(beyond[0])} (and {beyond.size - 1} more) but {stack_name} "
+            f"holds frames 0-{n - 1}; is it the angle table of this recording?"
+        )
+    if table_frames.size < MIN_FRAMES:
+        raise InputFileError(
+            f"{table_name}: {table_frames.size} angles for {n} frames in {stack_name}; "
+            f"at least {MIN_FRAMES} frames need an angle"
+        )
+    if table_frames.size == n and np.array_equal(table_frames, np.arange(n)):
+        return frames, angles, 0
+    return frames[table_frames], angles, n - int(table_frames.size)
 
 
 # ----------------------------------------------------------------------------- output paths
@@ -289,6 +340,20 @@ def prepare_output_file(path: str | Path) -> Path:
     return p
 
 
+def refuse_overwrite(paths: Iterable[str | Path | None], overwrite: bool) -> None:
+    """Refuse, naming the file, to replace an existing output unless ``overwrite`` (the user
+    passed --overwrite); checked before any work starts."""
+    if overwrite:
+        return
+    for path in paths:
+        if path is None:
+            continue
+        p = Path(path)
+        # a folder where a file is wanted is refused by prepare_output_file, with that cause
+        if p.is_file() or (p.is_dir() and p.name.lower().endswith(".zarr")):
+            raise InputFileError(f"{p}: exists already; pass --overwrite to replace it")
+
+
 def write_angles(path: str | Path, angles_deg: np.ndarray, frames: Sequence[int] | None = None) -> None:
     """``frame,angle_deg`` rows; ``frames`` names each angle's frame (default 0, 1, ...)."""
     with open(path, "w", newline="") as fh:
@@ -299,15 +364,110 @@ def write_angles(path: str | Path, angles_deg: np.ndarray, frames: Sequence[int]
 
 
 def write_volume(path: str | Path, volume: np.ndarray, voxel_um: float | None = None) -> None:
-    """(H, D, W) float32 volume as an ImageJ hyperstack (Z = axis 0), voxel size in metadata."""
+    """(H, D, W) float32 volume as an ImageJ hyperstack (Z = axis 0), voxel size in metadata.
+
+    Without a known voxel size no unit is written (ImageJ then shows pixels), never a
+    micrometre calibration of 1 that would be stated as fact.
+    """
     import tifffile
 
+    from mcf_rotator.ome_metadata import rounded
+
     v = np.asarray(volume, np.float32)
-    kw: dict = {"imagej": True, "metadata": {"axes": "ZYX", "unit": "um"}}
+    kw: dict = {"imagej": True, "metadata": {"axes": "ZYX"}}
     if voxel_um:
-        kw["resolution"] = (1.0 / voxel_um, 1.0 / voxel_um)
-        kw["metadata"]["spacing"] = voxel_um
+        vox = rounded(voxel_um)
+        kw["resolution"] = (1.0 / vox, 1.0 / vox)
+        kw["metadata"].update(spacing=vox, unit="um")
     tifffile.imwrite(path, v, **kw)
+
+
+def read_voxel_size(path: str | Path) -> float | None:
+    """Voxel size (um) of a volume written by :func:`write_volume` (``None``: not stated)."""
+    return read_pixel_size(path)[0]
+
+
+# ----------------------------------------------------------------------------- pixel size
+def read_pixel_size(path: str | Path) -> tuple[float | None, str]:
+    """(pixel size in um, where it was found) of a stack or recording; (None, why) if unknown.
+
+    Looked up, in order: the OME-XML ``PhysicalSizeX`` (OME-TIFF), the NGFF scale of the x axis
+    when it has a length unit (OME-Zarr), the ImageJ calibration (unit and resolution tags), the
+    recording's ``frames.jsonl`` sidecar header.
+    """
+    from mcf_rotator.ome_metadata import pixel_um_from_ome, rounded
+    from mcf_rotator.recording import read_sidecar, sidecar_path
+
+    p = Path(path)
+    try:
+        if p.is_dir():
+            px = _ngff_pixel_um(p)
+            if px:
+                return px, "OME-Zarr multiscales scale"
+        elif p.suffix.lower() in (".tif", ".tiff") and p.is_file():
+            import tifffile
+
+            with _quiet_tifffile(), tifffile.TiffFile(p) as tif:
+                xml = tif.ome_metadata
+                ij = tif.imagej_metadata
+                page = tif.pages.first
+                tags = page.tags
+                xres = tags.get("XResolution")
+                res_unit = tags.get("ResolutionUnit")
+            px = pixel_um_from_ome(xml) if xml else None
+            if px:
+                return px, "OME-XML PhysicalSizeX"
+            px = _imagej_pixel_um(ij, xres.value if xres is not None else None,
+                                  int(res_unit.value) if res_unit is not None else None)
+            if px:
+                return rounded(px), "ImageJ calibration"
+    except Exception as exc:  # noqa: BLE001 - unreadable metadata: try the sidecar, then give up
+        log.debug("%s: no pixel size in its metadata (%s)", p, exc)
+    header, _ = read_sidecar(sidecar_path(p)) if p.exists() else ({}, {})
+    px = header.get("pixel_um") or (header.get("acquisition") or {}).get("pixel_um")
+    if px:
+        return rounded(float(px)), f"{sidecar_path(p).name} header"
+    return None, "pixel size unknown (no OME, ImageJ or sidecar calibration)"
+
+
+_UNIT_TO_UM = {"um": 1.0, "µm": 1.0, "\u00B5m": 1.0, "micron": 1.0, "microns": 1.0, "micrometer": 1.0,
+               "nm": 1e-3, "nanometer": 1e-3, "mm": 1e3, "millimeter": 1e3}
+
+
+def _imagej_pixel_um(ij: dict | None, xres: tuple[int, int] | None, res_unit: int | None) -> float | None:
+    """Pixel size from an ImageJ calibration: ``unit`` plus the XResolution tag (pixels per unit)."""
+    if not ij or not xres:
+        return None
+    factor = _UNIT_TO_UM.get(str(ij.get("unit", "")).strip().lower())
+    num, den = (xres if isinstance(xres, tuple) else (xres, 1))
+    if not factor or not num or not den:
+        return None
+    size = float(den) / float(num)
+    return size * factor if size > 0 and not (size == 1.0 and res_unit in (None, 1)) else None
+
+
+def _ngff_pixel_um(p: Path) -> float | None:
+    """x-axis scale of an NGFF image whose x axis has a length unit."""
+    import zarr
+
+    attrs = dict(zarr.open_group(str(p), mode="r").attrs)
+    ms = (attrs.get("ome", attrs).get("multiscales") or [{}])[0]
+    axes = ms.get("axes", [])
+    names = [a.get("name") for a in axes]
+    if "x" not in names:
+        return None
+    unit = axes[names.index("x")].get("unit")
+    factor = {"micrometer": 1.0, "nanometer": 1e-3, "millimeter": 1e3}.get(unit or "")
+    if not factor:
+        return None
+    ours = attrs.get("mcf_rotator")
+    for t in (ms.get("datasets") or [{}])[0].get("coordinateTransformations", []):
+        if t.get("type") == "scale":
+            s = float(t["scale"][names.index("x")])
+            if s == 1.0 and isinstance(ours, dict) and "acquisition" not in ours:
+                return None  # recordings of older versions wrote 1 um when the size was unknown
+            return s * factor if s > 0 else None
+    return None
 
 
 def read_volume(path: str | Path) -> np.ndarray:

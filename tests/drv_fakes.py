@@ -16,9 +16,11 @@ window closed) mirrors what the real SDKs report. Time spent inside SDK calls is
 from __future__ import annotations
 
 import ctypes
+import sys
 import functools
 import time
 import types
+import warnings
 from collections import deque
 from typing import Any
 
@@ -31,19 +33,26 @@ IS_NO_SUCCESS = -1
 IS_SUCCESS = 0
 IS_INVALID_CAMERA_HANDLE = 1
 IS_CANT_OPEN_DEVICE = 3
+IS_NO_ACTIVE_IMG_MEM = 108
 IS_SEQUENCE_LIST_EMPTY = 112
 IS_SEQUENCE_BUF_ALREADY_LOCKED = 117
 IS_ALL_DEVICES_BUSY = 120
 IS_TIMED_OUT = 122
 IS_INVALID_PARAMETER = 125
 IS_CAPTURE_RUNNING = 140
+IS_BAD_STRUCTURE_SIZE = 158
+IS_INVALID_COLOR_FORMAT = 174
 IS_TRANSFER_ERROR = 178
 
-_UEYE_CONSTANTS = dict(
+#: the constants the driver reads, with pyueye 4.96's values (checked against the real package)
+UEYE_CONSTANTS = dict(
     IS_NO_SUCCESS=IS_NO_SUCCESS, IS_SUCCESS=IS_SUCCESS, IS_INVALID_CAMERA_HANDLE=1, IS_INVALID_HANDLE=1,
     IS_CANT_OPEN_DEVICE=3, IS_TIMED_OUT=IS_TIMED_OUT, IS_CAPTURE_RUNNING=IS_CAPTURE_RUNNING,
     IS_TRANSFER_ERROR=IS_TRANSFER_ERROR, IS_ALL_DEVICES_BUSY=IS_ALL_DEVICES_BUSY,
-    IS_INVALID_PARAMETER=IS_INVALID_PARAMETER,
+    IS_INVALID_PARAMETER=IS_INVALID_PARAMETER, IS_NO_ACTIVE_IMG_MEM=IS_NO_ACTIVE_IMG_MEM,
+    IS_SEQUENCE_LIST_EMPTY=IS_SEQUENCE_LIST_EMPTY, IS_BAD_STRUCTURE_SIZE=IS_BAD_STRUCTURE_SIZE,
+    IS_INVALID_COLOR_FORMAT=IS_INVALID_COLOR_FORMAT, IS_INVALID_MODE=101,
+    IS_CANT_COMMUNICATE_WITH_DRIVER=17, IS_NO_HARDWARE_INSTALLED=133, IS_CAMERA_NOT_CONNECTED=111,
     IS_SET_DM_DIB=1, IS_CM_MONO8=6, IS_CM_MONO12=26, IS_CM_MONO16=28, IS_CM_MONO10=34,
     IS_AOI_IMAGE_SET_AOI=0x0001, IS_AOI_IMAGE_GET_AOI=0x0002,
     IS_PIXELCLOCK_CMD_GET_NUMBER=1, IS_PIXELCLOCK_CMD_GET_LIST=2, IS_PIXELCLOCK_CMD_GET_RANGE=3,
@@ -51,24 +60,62 @@ _UEYE_CONSTANTS = dict(
     IS_EXPOSURE_CMD_GET_EXPOSURE=7, IS_EXPOSURE_CMD_SET_EXPOSURE=12,
     IS_GET_MASTER_GAIN_FACTOR=0x8000, IS_SET_MASTER_GAIN_FACTOR=0x8004,
     IS_DONT_WAIT=0x0000, IS_WAIT=0x0001, IS_FORCE_VIDEO_STOP=0x4000, IS_IGNORE_PARAMETER=-1,
+    IS_IMAGE_QUEUE_CMD_INIT=0, IS_IMAGE_QUEUE_CMD_EXIT=1, IS_IMAGE_QUEUE_CMD_WAIT=2,
 )
 _BPP = {6: 8, 34: 16, 26: 16, 28: 16}
 _MAXVAL = {6: 255, 34: 1023, 26: 4095, 28: 65535}
 
 
-class HIDS(ctypes.c_uint):
+class _Num:
+    """pyueye's simple types are ctypes subclasses: fields and arrays of them return objects, not
+    Python numbers, so code must call ``int()`` / ``.value`` - as with the real package."""
+
+    __slots__ = ()
+
+    def __int__(self) -> int:
+        return int(self.value)
+
+    def __index__(self) -> int:
+        return int(self.value)
+
+    def __float__(self) -> float:
+        return float(self.value)
+
+    def __eq__(self, other: object) -> bool:
+        return self.value == getattr(other, "value", other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class c_int(_Num, ctypes.c_int):  # noqa: N801 - pyueye spelling
     pass
 
 
-class INT(ctypes.c_int):
+class c_uint(_Num, ctypes.c_uint):  # noqa: N801
     pass
 
 
-class UINT(ctypes.c_uint):
+class c_ushort(_Num, ctypes.c_ushort):  # noqa: N801
     pass
 
 
-class c_double(ctypes.c_double):  # noqa: N801 - pyueye spelling
+class c_ubyte(_Num, ctypes.c_ubyte):  # noqa: N801
+    pass
+
+
+class c_longlong(_Num, ctypes.c_longlong):  # noqa: N801
+    pass
+
+
+class c_double(_Num, ctypes.c_double):  # noqa: N801
+    pass
+
+
+class c_char(ctypes.c_char):  # noqa: N801
+    pass
+
+
+class c_char_p(ctypes.c_char_p):  # noqa: N801
     pass
 
 
@@ -76,30 +123,114 @@ class c_mem_p(ctypes.c_void_p):  # noqa: N801 - pyueye spelling
     pass
 
 
+HIDS = UINT = c_uint
+INT = c_int
+
+
 class IS_RECT(ctypes.Structure):
-    _fields_ = [("s32X", ctypes.c_int), ("s32Y", ctypes.c_int), ("s32Width", ctypes.c_int),
-                ("s32Height", ctypes.c_int)]
+    _pack_ = 8
+    _fields_ = [("s32X", c_int), ("s32Y", c_int), ("s32Width", c_int), ("s32Height", c_int)]
 
 
 class SENSORINFO(ctypes.Structure):
-    _fields_ = [("SensorID", ctypes.c_ushort), ("strSensorName", ctypes.c_char * 32),
-                ("nColorMode", ctypes.c_char), ("nMaxWidth", ctypes.c_uint), ("nMaxHeight", ctypes.c_uint),
-                ("bMasterGain", ctypes.c_int), ("wPixelSize", ctypes.c_ushort), ("Reserved", ctypes.c_char * 32)]
+    _pack_ = 8
+    _fields_ = [("SensorID", c_ushort), ("strSensorName", c_char * 32), ("nColorMode", c_char),
+                ("nMaxWidth", c_uint), ("nMaxHeight", c_uint), ("bMasterGain", c_int), ("bRGain", c_int),
+                ("bGGain", c_int), ("bBGain", c_int), ("bGlobShutter", c_int), ("wPixelSize", c_ushort),
+                ("nUpperLeftBayerPixel", c_char), ("Reserved", c_char * 13)]
 
 
-class CAMINFO(ctypes.Structure):
-    _fields_ = [("SerNo", ctypes.c_char * 12), ("ID", ctypes.c_char * 20), ("Version", ctypes.c_char * 10),
-                ("Date", ctypes.c_char * 12), ("Select", ctypes.c_ubyte), ("Type", ctypes.c_ubyte),
-                ("Reserved", ctypes.c_char * 8)]
+class BOARDINFO(ctypes.Structure):
+    _pack_ = 8
+    _fields_ = [("SerNo", c_char * 12), ("ID", c_char * 20), ("Version", c_char * 10), ("Date", c_char * 12),
+                ("Select", c_ubyte), ("Type", c_ubyte), ("Reserved", c_char * 8)]
+
+
+CAMINFO = BOARDINFO
+
+
+class UEYETIME(ctypes.Structure):
+    _pack_ = 8
+    _fields_ = [("wYear", c_ushort), ("wMonth", c_ushort), ("wDay", c_ushort), ("wHour", c_ushort),
+                ("wMinute", c_ushort), ("wSecond", c_ushort), ("wMilliseconds", c_ushort),
+                ("byReserved", c_ubyte * 10)]
 
 
 class UEYEIMAGEINFO(ctypes.Structure):
-    _fields_ = [("dwFlags", ctypes.c_uint), ("byReserved1", ctypes.c_ubyte * 4),
-                ("u64TimestampDevice", ctypes.c_ulonglong), ("TimestampSystem", ctypes.c_ubyte * 16),
-                ("dwIoStatus", ctypes.c_uint), ("wAOIIndex", ctypes.c_ushort), ("wAOICycle", ctypes.c_ushort),
-                ("u64FrameNumber", ctypes.c_ulonglong), ("dwImageBuffers", ctypes.c_uint),
-                ("dwImageBuffersInUse", ctypes.c_uint), ("dwReserved3", ctypes.c_uint),
-                ("dwImageHeight", ctypes.c_uint), ("dwImageWidth", ctypes.c_uint)]
+    _pack_ = 8
+    _fields_ = [("dwFlags", c_uint), ("byReserved1", c_ubyte * 4), ("u64TimestampDevice", c_longlong),
+                ("TimestampSystem", UEYETIME), ("dwIoStatus", c_uint), ("wAOIIndex", c_ushort),
+                ("wAOICycle", c_ushort), ("u64FrameNumber", c_longlong), ("dwImageBuffers", c_uint),
+                ("dwImageBuffersInUse", c_uint), ("dwReserved3", c_uint), ("dwImageHeight", c_uint),
+                ("dwImageWidth", c_uint), ("dwHostProcessTime", c_uint), ("bySequencerIndex", c_ubyte),
+                ("byReserved2", c_ubyte * 3), ("dwFocusValue", c_uint), ("bFocusing", c_int),
+                ("dwReserved4", c_uint)]
+
+
+class IMAGEQUEUEWAITBUFFER(ctypes.Structure):
+    _pack_ = 8
+    _fields_ = [("timeout", c_uint), ("ppcMem", ctypes.POINTER(c_char_p)), ("pnMemId", ctypes.POINTER(c_int))]
+
+
+UEYE_STRUCTURES = ("IS_RECT", "SENSORINFO", "CAMINFO", "UEYETIME", "UEYEIMAGEINFO", "IMAGEQUEUEWAITBUFFER")
+
+# Argument kinds of pyueye 4.96's wrappers (``_bind(name, argtypes, ...)``), checked against the real
+# package: "v" a value (int or any simple ctypes object; ``_value_cast``), "p" ``c_void_p`` (any ctypes
+# object or None; ``_pointer_cast``), "d" a value of a c_double, and a type name: the wrapper passes
+# ``byref(arg)``, so ``arg`` must be an instance of that pyueye type.
+UEYE_SIGNATURES: dict[str, tuple[str, ...]] = {
+    "is_GetNumberOfCameras": ("c_int",),
+    "is_InitCamera": ("c_uint", "p"),
+    "is_GetSensorInfo": ("v", "SENSORINFO"),
+    "is_GetCameraInfo": ("v", "BOARDINFO"),
+    "is_ResetToDefault": ("v",),
+    "is_SetDisplayMode": ("v", "v"),
+    "is_SetColorMode": ("v", "v"),
+    "is_AOI": ("v", "v", "p", "v"),
+    "is_PixelClock": ("v", "v", "p", "v"),
+    "is_SetFrameRate": ("v", "d", "c_double"),
+    "is_Exposure": ("v", "v", "p", "v"),
+    "is_SetHWGainFactor": ("v", "v", "v"),
+    "is_AllocImageMem": ("v", "v", "v", "v", "c_mem_p", "c_int"),
+    "is_AddToSequence": ("v", "c_mem_p=", "v"),
+    "is_GetImageMemPitch": ("v", "c_int"),
+    "is_InquireImageMem": ("v", "c_mem_p=", "v", "c_int", "c_int", "c_int", "c_int"),
+    "is_SetImageMem": ("v", "c_mem_p=", "v"),
+    "is_ImageQueue": ("v", "v", "p", "v"),
+    "is_InitImageQueue": ("v", "v"),
+    "is_WaitForNextImage": ("v", "v", "c_mem_p", "c_int"),
+    "is_ExitImageQueue": ("v",),
+    "is_CaptureVideo": ("v", "v"),
+    "is_StopLiveVideo": ("v", "v"),
+    "is_GetImageInfo": ("v", "v", "UEYEIMAGEINFO", "v"),
+    "is_UnlockSeqBuf": ("v", "v", "c_mem_p="),
+    "is_ClearSequence": ("v",),
+    "is_FreeImageMem": ("v", "c_mem_p=", "v"),
+    "is_ExitCamera": ("v",),
+}
+#: pyueye 4.96 wraps these in ``@deprecated``: a DeprecationWarning per call
+UEYE_DEPRECATED = frozenset({"is_InitImageQueue", "is_WaitForNextImage", "is_ExitImageQueue"})
+
+
+def _check_ueye_args(ue: Any, name: str, args: tuple) -> None:
+    """Raise what pyueye's wrapper would raise for these arguments (TypeError / ctypes.ArgumentError)."""
+    kinds = UEYE_SIGNATURES[name]
+    if len(args) != len(kinds):
+        raise TypeError(f"{name}() takes {len(kinds)} positional arguments but {len(args)} were given")
+    for i, (kind, arg) in enumerate(zip(kinds, args, strict=True), start=1):
+        if kind == "v":
+            ok = isinstance(arg, (int, ctypes._SimpleCData)) and not isinstance(arg, ctypes.c_double)
+        elif kind == "d":
+            ok = isinstance(arg, (int, float, ctypes._SimpleCData))
+        elif kind == "p":
+            ok = arg is None or isinstance(arg, (ctypes._SimpleCData, ctypes.Structure, ctypes.Array,
+                                                 ctypes._Pointer))
+        elif kind.endswith("="):  # passed by value as that pointer type (argtypes c_mem_p)
+            ok = isinstance(arg, (getattr(ue, kind[:-1]), int)) or arg is None
+        else:
+            ok = isinstance(arg, getattr(ue, kind))
+        if not ok:
+            raise ctypes.ArgumentError(f"{name}: argument {i}: {type(arg).__name__} where pyueye needs {kind}")
 
 
 class FakeUEyeSystem:
@@ -119,6 +250,8 @@ class FakeUEyeSystem:
         self.violations: list[str] = []
         self.sdk_time_s = 0.0
         self.fill_time_s = 0.0
+        #: pixel formats the sensor offers (uEye colour-mode numbers); others are refused
+        self.color_modes = set(_BPP)
         self._reset_camera()
 
     def _reset_camera(self) -> None:
@@ -131,6 +264,7 @@ class FakeUEyeSystem:
         self.exposure_ms = 10.0
         self.gain_factor = 100
         self.mems: dict[int, tuple[Any, int, int, int, int]] = {}  # id -> (buffer, w, h, bpp, pitch)
+        self.active_mem = 0  # is_SetImageMem; 0 = none
         self.sequence: list[int] = []
         self.locked: set[int] = set()
         self.queue = False
@@ -163,27 +297,44 @@ class FakeUEyeSystem:
         return ((yy * 3 + xx + n * 5) % (_MAXVAL[self.color_mode] + 1)).astype(np.uint16)
 
 
-def make_pyueye(system: FakeUEyeSystem) -> tuple[types.ModuleType, types.ModuleType]:
-    """Modules ``pyueye`` and ``pyueye.ueye`` bound to ``system``."""
+def make_pyueye(system: FakeUEyeSystem, real: Any = None) -> tuple[types.ModuleType, types.ModuleType]:
+    """Modules ``pyueye`` and ``pyueye.ueye`` bound to ``system``.
+
+    With ``real`` (the real ``pyueye.ueye`` loaded on a stub library) the fake takes its types,
+    structures and constants from it and first passes every call through the real wrapper, so
+    an argument the real ctypes bindings reject fails here too.
+    """
     s = system
     ue = types.ModuleType("pyueye.ueye")
-    for k, v in _UEYE_CONSTANTS.items():
-        setattr(ue, k, v)
-    ue.HIDS, ue.INT, ue.int, ue.UINT, ue.uint = HIDS, INT, INT, UINT, UINT
-    ue.double, ue.c_mem_p = c_double, c_mem_p
-    ue.IS_RECT, ue.SENSORINFO, ue.CAMINFO, ue.UEYEIMAGEINFO = IS_RECT, SENSORINFO, CAMINFO, UEYEIMAGEINFO
-    ue.sizeof = ctypes.sizeof
+    src: Any = real if real is not None else sys.modules[__name__]
+    for k, v in UEYE_CONSTANTS.items():
+        setattr(ue, k, getattr(real, k) if real is not None else v)
+    for k in ("c_int", "c_uint", "c_double", "c_mem_p", "c_char_p", *UEYE_STRUCTURES, "BOARDINFO"):
+        setattr(ue, k, getattr(src, k))
+    ue.HIDS = ue.UINT = ue.uint = ue.c_uint
+    ue.INT = ue.int = ue.c_int
+    ue.double = ue.c_double
+    ue.sizeof = getattr(real, "sizeof", ctypes.sizeof)
 
     def api(fn):
+        name = fn.__name__
+
         @functools.wraps(fn)
         def wrapper(*args):
-            t0 = time.perf_counter()
-            s.calls.append(fn.__name__)
+            t0 = time.perf_counter()  # the checks below are the SDK's (wrapper) time, not the driver's
             try:
+                if name in UEYE_DEPRECATED:
+                    warnings.warn(f"Call to deprecated function {name}.", DeprecationWarning, stacklevel=2)
+                _check_ueye_args(ue, name, args)
+                if real is not None:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", DeprecationWarning)  # already warned above
+                        getattr(real, name)(*args)  # the stub ignores the call; the wrapper checks the types
+                s.calls.append(name)
                 return fn(*args)
             finally:
                 s.sdk_time_s += time.perf_counter() - t0
-        setattr(ue, fn.__name__, wrapper)
+        setattr(ue, name, wrapper)
         return wrapper
 
     def ok_handle(h) -> bool:
@@ -246,8 +397,11 @@ def make_pyueye(system: FakeUEyeSystem) -> tuple[types.ModuleType, types.ModuleT
     def is_SetColorMode(h, mode):
         if not ok_handle(h):
             return IS_INVALID_CAMERA_HANDLE
+        mode = int(mode)
         if mode not in _BPP:
             return IS_INVALID_PARAMETER
+        if mode not in s.color_modes:
+            return IS_INVALID_COLOR_FORMAT
         if s.mems:
             s.violations.append("color mode changed after allocating image memory")
         s.color_mode = mode
@@ -257,13 +411,13 @@ def make_pyueye(system: FakeUEyeSystem) -> tuple[types.ModuleType, types.ModuleT
     def is_AOI(h, cmd, rect, size):
         if not ok_handle(h):
             return IS_INVALID_CAMERA_HANDLE
-        if size != ctypes.sizeof(IS_RECT):
-            return 158  # IS_BAD_STRUCTURE_SIZE
+        if int(size) != ctypes.sizeof(ue.IS_RECT):
+            return IS_BAD_STRUCTURE_SIZE
         if cmd == ue.IS_AOI_IMAGE_GET_AOI:
             rect.s32X, rect.s32Y, rect.s32Width, rect.s32Height = s.aoi
             return IS_SUCCESS
         if cmd == ue.IS_AOI_IMAGE_SET_AOI:
-            x, y, w, hh = rect.s32X, rect.s32Y, rect.s32Width, rect.s32Height
+            x, y, w, hh = (int(v) for v in (rect.s32X, rect.s32Y, rect.s32Width, rect.s32Height))
             if s.live:
                 return IS_CAPTURE_RUNNING
             if w < 32 or hh < 4 or w % 4 or hh % 2 or x < 0 or y < 0 or x + w > s.sensor_w or y + hh > s.sensor_h:
@@ -296,7 +450,7 @@ def make_pyueye(system: FakeUEyeSystem) -> tuple[types.ModuleType, types.ModuleT
     def is_SetFrameRate(h, fps, new_fps):
         if not ok_handle(h):
             return IS_INVALID_CAMERA_HANDLE
-        s.fps = max(0.5, min(float(fps.value), s.max_fps()))
+        s.fps = max(0.5, min(float(getattr(fps, "value", fps)), s.max_fps()))
         s.exposure_ms = min(s.exposure_ms, 1000.0 / s.fps)
         new_fps.value = s.fps
         return IS_SUCCESS
@@ -327,6 +481,7 @@ def make_pyueye(system: FakeUEyeSystem) -> tuple[types.ModuleType, types.ModuleT
     def is_AllocImageMem(h, w, hh, bpp, mem, mid):
         if not ok_handle(h):
             return IS_INVALID_CAMERA_HANDLE
+        w, hh, bpp = int(w), int(hh), int(bpp)
         if bpp != _BPP[s.color_mode]:
             s.violations.append(f"AllocImageMem with {bpp} bits/pixel for color mode {s.color_mode}")
         pitch = s.pitch_for(int(w), int(bpp))
@@ -338,32 +493,86 @@ def make_pyueye(system: FakeUEyeSystem) -> tuple[types.ModuleType, types.ModuleT
         mid.value = i
         return IS_SUCCESS
 
+    def mem_id(mem, mid) -> int | None:
+        """The id of a memory the camera allocated, if ``mem`` / ``mid`` name it consistently."""
+        i = int(getattr(mid, "value", mid))
+        addr = getattr(mem, "value", mem)
+        return i if i in s.mems and ctypes.addressof(s.mems[i][0]) == addr else None
+
     @api
     def is_AddToSequence(h, mem, mid):
         if not ok_handle(h):
             return IS_INVALID_CAMERA_HANDLE
-        if int(mid.value) not in s.mems or ctypes.addressof(s.mems[int(mid.value)][0]) != mem.value:
+        i = mem_id(mem, mid)
+        if i is None:
             return IS_NO_SUCCESS
-        s.sequence.append(int(mid.value))
+        s.sequence.append(i)
+        return IS_SUCCESS
+
+    @api
+    def is_SetImageMem(h, mem, mid):
+        if not ok_handle(h):
+            return IS_INVALID_CAMERA_HANDLE
+        i = mem_id(mem, mid)
+        if i is None:
+            return IS_INVALID_PARAMETER
+        s.active_mem = i
         return IS_SUCCESS
 
     @api
     def is_GetImageMemPitch(h, pitch):
+        """Pitch of the *active* memory (is_SetImageMem); sequence memories are not active."""
         if not ok_handle(h):
             return IS_INVALID_CAMERA_HANDLE
-        if not s.mems:
-            return 108  # IS_NO_ACTIVE_IMG_MEM
-        pitch.value = next(iter(s.mems.values()))[4]
+        if s.active_mem not in s.mems:
+            return IS_NO_ACTIVE_IMG_MEM
+        pitch.value = s.mems[s.active_mem][4]
+        return IS_SUCCESS
+
+    @api
+    def is_InquireImageMem(h, mem, mid, px, py, pbits, ppitch):
+        if not ok_handle(h):
+            return IS_INVALID_CAMERA_HANDLE
+        i = mem_id(mem, mid)
+        if i is None:
+            return IS_INVALID_PARAMETER
+        _, w, hh, bpp, pitch = s.mems[i]
+        px.value, py.value, pbits.value, ppitch.value = w, hh, bpp, pitch
+        return IS_SUCCESS
+
+    def queue_init() -> int:
+        if not s.sequence:
+            return IS_SEQUENCE_LIST_EMPTY
+        s.queue = True
         return IS_SUCCESS
 
     @api
     def is_InitImageQueue(h, mode):
         if not ok_handle(h):
             return IS_INVALID_CAMERA_HANDLE
-        if not s.sequence:
-            return IS_SEQUENCE_LIST_EMPTY
-        s.queue = True
-        return IS_SUCCESS
+        return queue_init()
+
+    @api
+    def is_ImageQueue(h, cmd, param, size):
+        cmd = int(cmd)
+        if cmd == ue.IS_IMAGE_QUEUE_CMD_EXIT:
+            if not s.open:
+                return IS_INVALID_CAMERA_HANDLE
+            s.queue = False
+            return IS_SUCCESS
+        if cmd == ue.IS_IMAGE_QUEUE_CMD_WAIT:
+            if int(size) != ctypes.sizeof(ue.IMAGEQUEUEWAITBUFFER) or param is None:
+                return IS_BAD_STRUCTURE_SIZE
+            ret, i = next_image(h)
+            if ret == IS_SUCCESS:
+                ctypes.cast(param.ppcMem, ctypes.POINTER(ctypes.c_void_p))[0] = ctypes.addressof(s.mems[i][0])
+                param.pnMemId[0] = i
+            return ret
+        if not ok_handle(h):
+            return IS_INVALID_CAMERA_HANDLE
+        if cmd == ue.IS_IMAGE_QUEUE_CMD_INIT:
+            return queue_init()
+        return IS_INVALID_PARAMETER
 
     @api
     def is_CaptureVideo(h, wait):
@@ -383,27 +592,27 @@ def make_pyueye(system: FakeUEyeSystem) -> tuple[types.ModuleType, types.ModuleT
         s.live = False
         return IS_SUCCESS
 
-    @api
-    def is_WaitForNextImage(h, timeout_ms, pmem, pid):
+    def next_image(h) -> tuple[int, int]:
+        """The image queue's wait: (return code, id of the memory now locked for the caller)."""
         if not s.attached:
-            return IS_TIMED_OUT if s.fail_mode == "silent" else IS_NO_SUCCESS
+            return (IS_TIMED_OUT if s.fail_mode == "silent" else IS_NO_SUCCESS), 0
         if not ok_handle(h):
-            return IS_INVALID_CAMERA_HANDLE
+            return IS_INVALID_CAMERA_HANDLE, 0
         if not s.queue:
-            s.violations.append("WaitForNextImage without is_InitImageQueue")
-            return IS_NO_SUCCESS
+            s.violations.append("waiting for an image without an image queue")
+            return IS_NO_SUCCESS, 0
         if s.stall_next > 0:
             s.stall_next -= 1
-            return IS_TIMED_OUT
+            return IS_TIMED_OUT, 0
         if s.transfer_errors_next > 0:
             s.transfer_errors_next -= 1
-            return IS_TRANSFER_ERROR
+            return IS_TRANSFER_ERROR, 0
         if not s.live:
-            return IS_TIMED_OUT
+            return IS_TIMED_OUT, 0
         free = [i for i in s.sequence if i not in s.locked]
         if not free:
             s.violations.append("all sequence buffers locked (UnlockSeqBuf missing)")
-            return IS_TIMED_OUT
+            return IS_TIMED_OUT, 0
         i = free[s._seq_pos % len(free)]
         s._seq_pos += 1
         s.frame_no += 1
@@ -414,16 +623,22 @@ def make_pyueye(system: FakeUEyeSystem) -> tuple[types.ModuleType, types.ModuleT
         s.fill_time_s += dt_fill
         s.frame_time_last[i] = s.frame_no
         s.locked.add(i)
-        pmem.value = ctypes.addressof(s.mems[i][0])
-        pid.value = i
-        return IS_SUCCESS
+        return IS_SUCCESS, i
+
+    @api
+    def is_WaitForNextImage(h, timeout_ms, pmem, pid):
+        ret, i = next_image(h)
+        if ret == IS_SUCCESS:
+            pmem.value = ctypes.addressof(s.mems[i][0])
+            pid.value = i
+        return ret
 
     @api
     def is_GetImageInfo(h, mid, info, size):
         if not ok_handle(h):
             return IS_INVALID_CAMERA_HANDLE
-        if size != ctypes.sizeof(UEYEIMAGEINFO):
-            return 158
+        if int(size) != ctypes.sizeof(ue.UEYEIMAGEINFO):
+            return IS_BAD_STRUCTURE_SIZE
         n = s.frame_time_last.get(int(mid.value if hasattr(mid, "value") else mid))
         if n is None:
             return IS_INVALID_PARAMETER
@@ -517,16 +732,36 @@ def _fill(s: FakeUEyeSystem, i: int) -> None:
     write_pattern(view, s.frame_no, _MAXVAL[s.color_mode])
 
 
-def install_pyueye(monkeypatch: Any, system: FakeUEyeSystem) -> types.ModuleType:
-    pkg, ue = make_pyueye(system)
-    monkeypatch.setitem(__import__("sys").modules, "pyueye", pkg)
-    monkeypatch.setitem(__import__("sys").modules, "pyueye.ueye", ue)
+def install_pyueye(monkeypatch: Any, system: FakeUEyeSystem, real: Any = None) -> types.ModuleType:
+    """Put the fake pyueye into ``sys.modules`` (see :func:`make_pyueye` for ``real``)."""
+    pkg, ue = make_pyueye(system, real)
+    monkeypatch.setitem(sys.modules, "pyueye", pkg)
+    monkeypatch.setitem(sys.modules, "pyueye.ueye", ue)
     return ue
 
 
 # ======================================================================================
 # ids_peak
 # ======================================================================================
+#: ids_peak 1.17 exception classes the fake raises -> the class each derives from (the real
+#: hierarchy; checked against the installed package): all derive from ``ids_peak.Exception``
+PEAK_EXCEPTIONS: dict[str, str] = {
+    "TimeoutException": "Exception", "AbortedException": "Exception", "BadAccessException": "Exception",
+    "NotFoundException": "Exception", "OutOfRangeException": "Exception", "InternalErrorException": "Exception",
+    "NotInitializedException": "LibraryNotInitializedException", "IOException": "Exception",
+    "InvalidArgumentException": "InvalidParameterException", "CTILoadingException": "Exception",
+    "NotAvailableException": "Exception", "NotImplementedException": "Exception",
+}
+#: GenICam integer nodes (IntegerNode.SetValue takes int64 only); the others the driver sets are floats
+PEAK_INTEGER_NODES = frozenset({"Width", "Height", "OffsetX", "OffsetY", "PayloadSize", "TLParamsLocked"})
+#: enum values the driver passes (real ids_peak 1.17 values)
+PEAK_CONSTANTS: dict[str, int] = {
+    "DeviceAccessType_Control": 3, "DeviceAccessType_ReadOnly": 2, "AcquisitionStartMode_Default": 0,
+    "AcquisitionStopMode_Default": 0, "DataStreamFlushMode_DiscardAll": 4,
+    "NodeAccessStatus_NotAvailable": 1, "NodeAccessStatus_ReadWrite": 4,
+}
+
+
 class FakePeakSystem:
     """Host with IDS peak cameras; holds the GenTL-side state the fake modules act on."""
 
@@ -539,6 +774,8 @@ class FakePeakSystem:
         self.unplugged: dict[str, str] = {}  # serial -> "error" | "silent"
         self.stall_next = 0
         self.incomplete_next = 0
+        #: False: no GenTL producer (GENICAM_GENTL64_PATH unset) - DeviceManager.Update() raises
+        self.producer = True
         self.violations: list[str] = []
         self.sdk_time_s = 0.0
         self.fill_time_s = 0.0
@@ -557,39 +794,29 @@ def make_ids_peak(system: FakePeakSystem) -> tuple[types.ModuleType, types.Modul
     S = system
     m = types.ModuleType("ids_peak.ids_peak")
 
-    class PeakException(Exception):
+    class CommonException(Exception):  # ids_peak_common.exceptions.CommonException
         pass
 
-    class TimeoutException(PeakException):
+    class PeakException(CommonException):  # ids_peak.exceptions.Exception
         pass
 
-    class AbortedException(PeakException):
-        pass
+    made: dict[str, type] = {"Exception": PeakException}
 
-    class BadAccessException(PeakException):
-        pass
+    def exception_class(name: str) -> type:
+        if name not in made:  # intermediate classes (e.g. InvalidParameterException) derive from Exception
+            made[name] = type(name, (exception_class(PEAK_EXCEPTIONS.get(name, "Exception")),), {})
+        return made[name]
 
-    class NotFoundException(PeakException):
-        pass
-
-    class OutOfRangeException(PeakException):
-        pass
-
-    class InternalErrorException(PeakException):
-        pass
-
-    class NotInitializedException(PeakException):
-        pass
-
-    for cls in (TimeoutException, AbortedException, BadAccessException, NotFoundException,
-                OutOfRangeException, InternalErrorException, NotInitializedException):
-        setattr(m, cls.__name__, cls)
+    for name in PEAK_EXCEPTIONS:
+        setattr(m, name, exception_class(name))
     m.Exception = PeakException
-    m.DeviceAccessType_Control = 3
-    m.DeviceAccessType_ReadOnly = 2
-    m.AcquisitionStartMode_Default = 1
-    m.AcquisitionStopMode_Default = 1
-    m.DataStreamFlushMode_DiscardAll = 4
+    TimeoutException, BadAccessException = made["TimeoutException"], made["BadAccessException"]
+    NotFoundException, OutOfRangeException = made["NotFoundException"], made["OutOfRangeException"]
+    InternalErrorException, IOException = made["InternalErrorException"], made["IOException"]
+    NotInitializedException = made["NotInitializedException"]
+    InvalidArgumentException = made["InvalidArgumentException"]
+    for k, v in PEAK_CONSTANTS.items():
+        setattr(m, k, v)
 
     def timed(fn):
         @functools.wraps(fn)
@@ -622,9 +849,13 @@ def make_ids_peak(system: FakePeakSystem) -> tuple[types.ModuleType, types.Modul
             self.cam, self.name, self._v, self.lo, self.hi, self.inc = cam, name, value, lo, hi, inc
             self.entries, self.command, self.locked_while_acq = entries, command, locked_while_acq
 
+        @property
+        def integer(self) -> bool:
+            return self.name in PEAK_INTEGER_NODES
+
         def _alive(self):
-            if self.cam.gone:
-                raise InternalErrorException(f"GC_ERR_IO: device {self.cam.serial} not reachable")
+            if self.cam.gone:  # SetValue & co: "IOException: a communication error, e.g. disconnected"
+                raise IOException(f"GC_ERR_IO: device {self.cam.serial} not reachable")
 
         def Value(self):
             self._alive()
@@ -658,6 +889,10 @@ def make_ids_peak(system: FakePeakSystem) -> tuple[types.ModuleType, types.Modul
 
         @timed
         def SetValue(self, v):
+            if self.integer and not isinstance(v, int):  # SWIG: IntegerNode.SetValue(int64_t)
+                raise TypeError(f"in method 'IntegerNode_SetValue', argument 2 of type 'int64_t' ({self.name}={v!r})")
+            if not self.integer and not isinstance(v, (int, float)):
+                raise TypeError(f"in method 'FloatNode_SetValue', argument 2 of type 'double' ({self.name}={v!r})")
             self._alive()
             if self.locked_while_acq and self.cam.nodes["TLParamsLocked"]._v:
                 raise BadAccessException(f"{self.name} is not writeable while TLParamsLocked")
@@ -672,14 +907,19 @@ def make_ids_peak(system: FakePeakSystem) -> tuple[types.ModuleType, types.Modul
 
         def SetCurrentEntry(self, e):
             self._alive()
-            if e not in self.entries:
-                raise NotFoundException(f"entry {e} not in {self.name}")
+            if e not in self.entries:  # the real SDK: InvalidArgumentException, not NotFoundException
+                raise InvalidArgumentException(
+                    f"Error-Code: 5 (PEAK_RETURN_CODE_INVALID_ARGUMENT) | Error-Description: "
+                    f"There is no entry with symbolic value {e} in {self.name}")
             if self.locked_while_acq and self.cam.nodes["TLParamsLocked"]._v:
                 raise BadAccessException(f"{self.name} is not writeable while TLParamsLocked")
             self._v = e
 
         def CurrentEntry(self):
             return self._v
+
+        def Entries(self):
+            return [EntryNode(e) for e in self.entries or []]
 
         def Execute(self):
             self._alive()
@@ -692,6 +932,16 @@ def make_ids_peak(system: FakePeakSystem) -> tuple[types.ModuleType, types.Modul
 
         def WaitUntilDone(self):
             return None
+
+    class EntryNode:
+        def __init__(self, symbolic: str) -> None:
+            self.symbolic = symbolic
+
+        def SymbolicValue(self):
+            return self.symbolic
+
+        def IsAvailable(self):
+            return True
 
     class Camera:
         def __init__(self, info):
@@ -917,6 +1167,10 @@ def make_ids_peak(system: FakePeakSystem) -> tuple[types.ModuleType, types.Modul
 
         def Update(self):
             need_lib()
+            if not S.producer:
+                raise NotFoundException(
+                    "Error-Code: 11 (PEAK_RETURN_CODE_NOT_FOUND) | Error-Description: GENICAM_GENTL64_PATH "
+                    "environment variable not found! Please set this to the path of the CTIs.")
             S.opened &= set(cams)  # released handles are GC'd; tests clear explicitly
             self.devices = [DeviceDescriptor(c) for c in cams.values() if c.serial not in S.unplugged]
 
@@ -963,20 +1217,36 @@ def install_ids_peak(monkeypatch: Any, system: FakePeakSystem) -> types.ModuleTy
 # ======================================================================================
 # Holoeye SLM Display SDK
 # ======================================================================================
+# heds_errorcodes of SDK 4.x (the numbering is shared with 3.x)
 HEDSERR_NoError = 0
 HEDSERR_NoSLMConnected = 1
 HEDSERR_InvalidDataPointer = 5
 HEDSERR_UnsupportedDataFormat = 8
-HEDSERR_WrongAPIVersion = 30  # stands for the SDK's version-mismatch code
+HEDSERR_OutOfVideoMemory = 11
+HEDSERR_InvalidHandle = 12
+HEDSERR_InvalidSLMWindow = 37
+HEDSERR_LibraryVersionMismatch = 44
 
 
 class FakeHolo:
-    """One Holoeye SLM (e.g. PLUTO-2) behind either SDK flavour."""
+    """One Holoeye SLM (e.g. PLUTO-2) behind either SDK flavour.
 
-    def __init__(self, width: int = 1920, height: int = 1080, attached: bool = True, sdk_minor: int = 1) -> None:
+    ``sdk_minor``: the installed 4.x library's minor version (``SDK.Init(4, m)`` with a larger
+    ``m`` asserts). ``env_set``: HEDS_3_2_PYTHON is set (3.x ``SLMInstance()`` raises
+    RuntimeError otherwise). ``max_handles``: data handles the GPU holds before
+    ``loadImageData`` fails with HEDSERR_OutOfVideoMemory. ``window_assertion``: with no SLM,
+    ``SLM.Init`` raises the SDK's window AssertionError instead of returning the error object.
+    """
+
+    def __init__(self, width: int = 1920, height: int = 1080, attached: bool = True, sdk_minor: int = 1,
+                 *, env_set: bool = True, max_handles: int = 32, window_assertion: bool = False,
+                 show_image_data: bool = True) -> None:
         self.width, self.height, self.attached, self.sdk_minor = width, height, attached, sdk_minor
+        self.env_set, self.max_handles, self.window_assertion = env_set, max_handles, window_assertion
+        self.show_image_data = show_image_data  # SDK 4.x has SLM.showImageData (no handle needed)
         self.sdk_initialised = False
         self.window_open = False
+        self.live_handles = 0
         self.shown: list[np.ndarray] = []
         self.violations: list[str] = []
 
@@ -996,18 +1266,22 @@ class FakeHolo:
         return HEDSERR_NoError
 
 
-_HEDS_TEXT = {0: "No error.", 1: "The given SLM instance does not exist.", 8: "Unsupported data format.",
-              30: "The SDK version requested is not supported by this library."}
+_HEDS_TEXT = {0: "No error.", 1: "The given SLM window does not exist.", 8: "Unsupported data format.",
+              11: "Data transfer into video memory failed. Please release unused data handles and try again.",
+              12: "The current handle is invalid.", 37: "The SLM window ID is invalid.",
+              44: "The library (.dll or .so file) has an API incompatible version."}
 
 
 def make_heds(holo: FakeHolo) -> dict[str, types.ModuleType]:
     """SDK 4.x modules: ``HEDS``, ``hedslib``, ``hedslib.heds_types``."""
     types_mod = types.ModuleType("hedslib.heds_types")
-    types_mod.HEDSERR_NoError = HEDSERR_NoError
-    types_mod.HEDSERR_NoSLMConnected = HEDSERR_NoSLMConnected
-    types_mod.HEDSERR_UnsupportedDataFormat = HEDSERR_UnsupportedDataFormat
-    types_mod.HEDSDTFMT_INT_U8 = 1
-    types_mod.HEDSSHF_PresentAutomatic = 0
+    for k, v in dict(HEDSERR_NoError=HEDSERR_NoError, HEDSERR_NoSLMConnected=HEDSERR_NoSLMConnected,
+                     HEDSERR_UnsupportedDataFormat=HEDSERR_UnsupportedDataFormat,
+                     HEDSERR_OutOfVideoMemory=HEDSERR_OutOfVideoMemory, HEDSERR_InvalidHandle=HEDSERR_InvalidHandle,
+                     HEDSERR_InvalidSLMWindow=HEDSERR_InvalidSLMWindow,
+                     HEDSERR_LibraryVersionMismatch=HEDSERR_LibraryVersionMismatch,
+                     HEDSDTFMT_INT_U8=0, HEDSSHF_PresentAutomatic=0).items():
+        setattr(types_mod, k, v)
     hedslib = types.ModuleType("hedslib")
     hedslib.__path__ = []
     hedslib.heds_types = types_mod
@@ -1017,8 +1291,8 @@ def make_heds(holo: FakeHolo) -> dict[str, types.ModuleType]:
     class SDK:
         @staticmethod
         def Init(major: int, minor: int) -> int:
-            if major != 4 or minor > holo.sdk_minor:
-                return HEDSERR_WrongAPIVersion
+            # the SDK's convenience API asserts instead of returning the mismatch code
+            assert major == 4 and minor <= holo.sdk_minor, _HEDS_TEXT[HEDSERR_LibraryVersionMismatch]
             holo.sdk_initialised = True
             return HEDSERR_NoError
 
@@ -1033,12 +1307,25 @@ def make_heds(holo: FakeHolo) -> dict[str, types.ModuleType]:
             holo.window_open = False
             return HEDSERR_NoError
 
-    class DataHandle:
+    class SLMDataHandle:
+        """Holds video memory until release(); there is no __del__, as in the SDK."""
+
         def __init__(self, arr):
             self.arr = arr
+            self.released = False
+            holo.live_handles += 1
 
         def show(self) -> int:
+            if self.released:
+                return HEDSERR_InvalidHandle
             return holo._show(self.arr)
+
+        def release(self) -> int:
+            if self.released:
+                return HEDSERR_InvalidHandle
+            self.released = True
+            holo.live_handles -= 1
+            return HEDSERR_NoError
 
     class SLMObj:
         def __init__(self, code):
@@ -1059,23 +1346,31 @@ def make_heds(holo: FakeHolo) -> dict[str, types.ModuleType]:
             arr = np.asarray(data)
             if arr.dtype != np.uint8 or arr.ndim != 2:
                 return HEDSERR_UnsupportedDataFormat, None
-            return HEDSERR_NoError, DataHandle(arr.copy())
+            if holo.live_handles >= holo.max_handles:
+                return HEDSERR_OutOfVideoMemory, None
+            return HEDSERR_NoError, SLMDataHandle(arr.copy())
 
         def window(self) -> Window:
             return Window()
 
+    def showImageData(self, data) -> int:  # noqa: N802 - SDK spelling
+        return holo._show(data)
+
     class SLM:
         @staticmethod
-        def Init(preselect: str = "", openPreview: bool = False, previewScale: float = 0.0) -> SLMObj:  # noqa: N803
+        def Init(preselect: str = "", openPreview: bool = True, previewScale: float = 1.0) -> SLMObj:  # noqa: N803
             if not holo.sdk_initialised:
                 holo.violations.append("SLM.Init before SDK.Init")
-                return SLMObj(HEDSERR_NoSLMConnected)
-            if not holo.attached:
-                return SLMObj(HEDSERR_NoSLMConnected)
+                return SLMObj(HEDSERR_InvalidSLMWindow)
+            if not holo.attached:  # the SLM window never opened
+                assert not holo.window_assertion, _HEDS_TEXT[HEDSERR_InvalidSLMWindow]
+                return SLMObj(HEDSERR_InvalidSLMWindow)
             holo.window_open = True
             return SLMObj(HEDSERR_NoError)
 
-    heds.SDK, heds.SLM = SDK, SLM
+    if holo.show_image_data:
+        SLMObj.showImageData = showImageData
+    heds.SDK, heds.SLM, heds.SLMDataHandle = SDK, SLM, SLMDataHandle
     return {"HEDS": heds, "hedslib": hedslib, "hedslib.heds_types": types_mod}
 
 
@@ -1090,6 +1385,9 @@ def make_slmdisplaysdk(holo: FakeHolo) -> dict[str, types.ModuleType]:
 
     class SLMInstance:
         def __init__(self):
+            if not holo.env_set:
+                raise RuntimeError("HEDS_3_2_PYTHON environment variable is not set; "
+                                   "cannot find the SLM Display SDK library")
             self.width_px = 0
             self.height_px = 0
 
@@ -1106,8 +1404,8 @@ def make_slmdisplaysdk(holo: FakeHolo) -> dict[str, types.ModuleType]:
         def showData(self, data, flags: int = 0) -> int:  # noqa: N802
             return holo._show(data)
 
-        def errorString(self, code: int) -> str:  # noqa: N802
-            return _HEDS_TEXT.get(int(code), f"Unknown error {code}")
+        def errorString(self, code: int) -> bytes:  # noqa: N802 - SDK 3.x returns bytes
+            return _HEDS_TEXT.get(int(code), f"Unknown error {code}").encode()
 
         def utilsSLMPreviewShow(self, *a) -> int:  # noqa: N802
             return HEDSERR_NoError
@@ -1120,6 +1418,27 @@ def make_slmdisplaysdk(holo: FakeHolo) -> dict[str, types.ModuleType]:
     pkg.__path__ = []
     pkg.slmdisplaysdk = sdk
     return {"holoeye": pkg, "holoeye.slmdisplaysdk": sdk}
+
+
+def fail_import(monkeypatch: Any, name: str, exc: BaseException) -> None:
+    """Make ``import name`` raise ``exc`` the way a vendor module does when its library cannot
+    load (``import HEDS`` raises RuntimeError, not ImportError)."""
+    import importlib.abc
+    import importlib.util
+
+    class _Loader(importlib.abc.Loader):
+        def create_module(self, spec):
+            return None
+
+        def exec_module(self, module):
+            raise exc
+
+    class _Finder(importlib.abc.MetaPathFinder):
+        def find_spec(self, fullname, path=None, target=None):
+            return importlib.util.spec_from_loader(fullname, _Loader()) if fullname == name else None
+
+    monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.setattr(sys, "meta_path", [_Finder(), *sys.meta_path])
 
 
 def install_modules(monkeypatch: Any, modules: dict[str, types.ModuleType]) -> None:

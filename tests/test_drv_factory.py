@@ -81,3 +81,38 @@ def test_check_hardware_reports_readable_failures(tmp_path, monkeypatch, capsys)
     assert "camera: FAIL" in out and "PYUEYE_DLL_PATH" in out
     assert "SLM: FAIL" in out and "no SLM found" in out
     assert "Traceback" not in out
+
+
+def test_check_hardware_lists_every_driver_and_its_sdk(monkeypatch, capsys):
+    """With the default (simulated) rig the listing still names uEye, IDS peak and Holoeye and what each lacks."""
+    from mcf_rotator.drivers.catalog import DRIVERS
+
+    fk.block_modules(monkeypatch, "pyueye", "pyueye.ueye")
+    peak = fk.FakePeakSystem()
+    peak.producer = False
+    fk.install_ids_peak(monkeypatch, peak)
+    fk.fail_import(monkeypatch, "HEDS", RuntimeError("holoeye_slmdisplaysdk.so: cannot open shared object file"))
+    fk.install_modules(monkeypatch, fk.make_slmdisplaysdk(fk.FakeHolo()))
+    rc = main(["check-hardware", "--no-camera", "--no-slm"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "Traceback" not in out
+    lines = out.splitlines()
+    for d in DRIVERS:
+        assert any(f" {d.kind:<6} {d.name:<12} " in line for line in lines), d.name
+    row = {d.name: next(i for i, line in enumerate(lines) if f" {d.kind:<6} {d.name:<12} " in line)
+           for d in DRIVERS if d.kind != "trap"}
+    assert "MISSING" in lines[row["ueye"]] and "pyueye" in lines[row["ueye"] + 1]
+    assert "MISSING" in lines[row["ids_peak"]] and "GENICAM_GENTL64_PATH" in lines[row["ids_peak"] + 1]
+    assert "ready" in lines[row["holoeye_sdk"]] and "2.x/3.x" in lines[row["holoeye_sdk"] + 1]
+    assert lines[row["simulated"]].lstrip().startswith("*")  # the default rig's camera
+    assert main(["check-hardware", "--drivers"]) == 0
+    assert "rig:" not in capsys.readouterr().out
+
+
+def test_check_hardware_checks_another_driver_than_the_rig_file(monkeypatch, capsys):
+    cam = fk.FakeUEyeSystem(width=320, height=240)
+    fk.install_pyueye(monkeypatch, cam)
+    rc = main(["check-hardware", "--camera-driver", "ueye", "--no-slm", "--frames", "3"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "camera: driver ueye" in out and "camera: PASS" in out and "320x240" in out

@@ -101,10 +101,75 @@ def test_sdk_missing(monkeypatch):
 
 
 def test_heds_version_mismatch(monkeypatch):
+    """SDK 4.x asserts on a version mismatch; the user gets SDKNotFoundError with the fix, not an AssertionError."""
     holo = fk.FakeHolo(sdk_minor=0)  # installed SDK 4.0 cannot serve the 4.1 API
     fk.install_modules(monkeypatch, fk.make_heds(holo))
-    with pytest.raises(SDKNotFoundError, match="refused to start"):
+    with pytest.raises(SDKNotFoundError, match=r"cannot serve API 4\.1.*4\.1 or newer"):
         HoloeyeSLM(CFG, api="heds").connect()
+
+
+@pytest.mark.parametrize("assertion", [False, True])
+def test_heds_no_slm_ends_in_invalid_window(monkeypatch, assertion):
+    """With no SLM, SLM.Init gives HEDSERR_InvalidSLMWindow (or asserts on the window): 'no SLM found'."""
+    holo = fk.FakeHolo(attached=False, window_assertion=assertion)
+    fk.install_modules(monkeypatch, fk.make_heds(holo))
+    with pytest.raises(DeviceNotFoundError, match="no SLM found.*HDMI"):
+        HoloeyeSLM(CFG, api="heds").connect()
+
+
+def test_heds_library_failing_at_import_falls_back_to_3x(monkeypatch):
+    """`import HEDS` raises RuntimeError when its library cannot load; api auto must still try 3.x."""
+    holo = fk.FakeHolo()
+    fk.fail_import(monkeypatch, "HEDS", RuntimeError("holoeye_slmdisplaysdk.so: cannot open shared object file"))
+    fk.install_modules(monkeypatch, fk.make_slmdisplaysdk(holo))
+    slm = HoloeyeSLM(CFG)
+    slm.connect()
+    assert slm.api_in_use == "slmdisplaysdk"
+    slm.disconnect()
+    fk.block_modules(monkeypatch, "holoeye", "holoeye.slmdisplaysdk")
+    with pytest.raises(SDKNotFoundError, match="library did not load.*cannot open shared object") as err:
+        HoloeyeSLM(CFG).connect()
+    assert "slm.driver: screen" in str(err.value)
+
+
+def test_3x_without_its_environment_variable(monkeypatch):
+    """SDK 3.x: SLMInstance() raises RuntimeError when HEDS_3_2_PYTHON is unset."""
+    fk.block_modules(monkeypatch, "HEDS", "hedslib", "hedslib.heds_types")
+    fk.install_modules(monkeypatch, fk.make_slmdisplaysdk(fk.FakeHolo(env_set=False)))
+    with pytest.raises(SDKNotFoundError, match="HEDS_3_2_PYTHON"):
+        HoloeyeSLM(CFG).connect()
+
+
+def test_3x_error_strings_are_decoded(monkeypatch):
+    """SDK 3.x errorString returns bytes; messages must read as text, not b'...'."""
+    fk.block_modules(monkeypatch, "HEDS", "hedslib", "hedslib.heds_types")
+    holo = fk.FakeHolo(attached=False)
+    fk.install_modules(monkeypatch, fk.make_slmdisplaysdk(holo))
+    with pytest.raises(DeviceNotFoundError) as err:
+        HoloeyeSLM(CFG).connect()
+    assert "The given SLM window does not exist." in str(err.value) and "b'" not in str(err.value)
+    holo.attached = True
+    slm = HoloeyeSLM(CFG)
+    slm.connect()
+    holo.close_window_by_user()
+    with pytest.raises(DeviceDisconnectedError) as err:
+        slm.show_grey(np.zeros((1080, 1920), np.uint8))
+    assert "b'" not in str(err.value)
+
+
+@pytest.mark.parametrize("show_image_data", [True, False])
+def test_heds_data_handles_are_not_leaked(monkeypatch, show_image_data):
+    """A 60 Hz stream must not keep one data handle per frame (handles have release(), no __del__)."""
+    holo = fk.FakeHolo(max_handles=8, show_image_data=show_image_data)
+    fk.install_modules(monkeypatch, fk.make_heds(holo))
+    slm = HoloeyeSLM(CFG, api="heds")
+    slm.connect()
+    for k in range(30):  # more frames than the SDK can hold handles
+        slm.show_grey(np.full((1080, 1920), k, np.uint8))
+        assert holo.live_handles <= 1
+    assert len(holo.shown) == 30 and int(holo.shown[-1][0, 0]) == 29
+    slm.disconnect()
+    assert holo.live_handles == 0 and not holo.violations
 
 
 @pytest.mark.parametrize("two_pi_grey", [255, 213, 1])

@@ -18,6 +18,7 @@ from mcf_rotator.drivers.protocols import Camera  # noqa: E402
 from mcf_rotator.errors import (  # noqa: E402
     DeviceBusyError,
     DeviceDisconnectedError,
+    DeviceError,
     DeviceNotFoundError,
     FrameTimeoutError,
     SDKNotFoundError,
@@ -178,3 +179,34 @@ def test_driver_overhead_per_frame(system, record_property):
     cam.disconnect()
     assert overhead_ms < 5.0
 
+
+
+def test_no_gentl_producer_says_install_ids_peak(system):
+    """Without a GenTL producer Update() raises NotFoundException: that is a missing SDK part, not 'no camera'."""
+    system.producer = False
+    with pytest.raises(SDKNotFoundError, match="GenTL producer.*GENICAM_GENTL64_PATH"):
+        make().connect()
+    assert system.lib_refs == 0
+
+
+def test_pixel_format_not_offered_names_the_fix(system):
+    """A missing PixelFormat entry raises InvalidArgumentException (real SDK): say which depths work."""
+    with pytest.raises(DeviceError, match=r"does not offer pixel format Mono16.*offered: Mono8, Mono10, Mono12"
+                                          r".*camera\.bit_depth to 8 or 10 or 12") as err:
+        make(bit_depth=16).connect()
+    assert "opening failed" not in str(err.value)
+    assert system.lib_refs == 0
+
+
+def test_fake_is_as_strict_as_the_sdk(system):
+    """The fake's integer nodes refuse floats and its enums carry the real values (see test_drv_vendor_sdks)."""
+    cam = make()
+    cam.connect()
+    nodes = system.fake_cameras[SERIAL].nodes
+    with pytest.raises(TypeError, match="int64"):
+        nodes["Width"].SetValue(640.0)
+    peak = sys.modules["ids_peak.ids_peak"]
+    assert peak.AcquisitionStartMode_Default == 0 and peak.AcquisitionStopMode_Default == 0
+    assert issubclass(peak.InvalidArgumentException, peak.Exception)
+    assert not issubclass(peak.InvalidArgumentException, peak.NotFoundException)
+    cam.disconnect()

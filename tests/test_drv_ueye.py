@@ -68,9 +68,10 @@ def test_open_configure_capture_close_follows_the_sdk_sequence(system):
     cam.disconnect()
     assert not system.open and not system.mems and not system.violations
     order = [c for c in system.calls if c in ("is_InitCamera", "is_SetColorMode", "is_AllocImageMem",
-                                              "is_InitImageQueue", "is_CaptureVideo", "is_ExitCamera")]
+                                              "is_ImageQueue", "is_CaptureVideo", "is_ExitCamera")]
     assert order[0] == "is_InitCamera" and order[-1] == "is_ExitCamera"
-    assert order.index("is_SetColorMode") < order.index("is_AllocImageMem") < order.index("is_InitImageQueue")
+    assert order.index("is_SetColorMode") < order.index("is_AllocImageMem") < order.index("is_ImageQueue")
+    assert not set(system.calls) & fk.UEYE_DEPRECATED
 
 
 def test_mono12_roi_with_padded_pitch(system):
@@ -220,3 +221,49 @@ def test_driver_overhead_per_frame(system, record_property):
     cam.disconnect()
     assert overhead_ms < 5.0  # generous: shared CI cores; the target (<= 1 ms) is reported
 
+
+
+@pytest.mark.filterwarnings("error::DeprecationWarning")
+def test_image_queue_api_without_deprecation_warnings(system):
+    """pyueye deprecates is_InitImageQueue / is_WaitForNextImage / is_ExitImageQueue (a warning per
+    frame, an exception under -W error): the driver uses is_ImageQueue."""
+    cam = make()
+    cam.connect()
+    cam.start_acquisition()
+    for _ in range(12):
+        cam.read_frame(0.5)
+    cam.stop_acquisition()
+    cam.disconnect()
+    assert "is_ImageQueue" in system.calls
+    assert not set(system.calls) & fk.UEYE_DEPRECATED and not system.violations
+
+
+def test_pitch_is_read_without_an_active_image_memory(system):
+    """is_GetImageMemPitch needs an active memory (IS_NO_ACTIVE_IMG_MEM otherwise); none is active in
+    sequence capture, so the driver asks the memory itself."""
+    cam = make(roi=(0, 0, 1004, 100), bit_depth=8)  # 1004 bytes a line: padded to 1008
+    cam.connect()
+    assert cam._pitch == 1008 and "is_GetImageMemPitch" not in system.calls
+    np.testing.assert_array_equal(cam.snap().image, expected(system, 1, 1004, 100).astype(np.uint8))
+    cam.disconnect()
+
+
+def test_fake_rejects_what_the_real_wrappers_reject(system):
+    """pyueye's ctypes bindings refuse floats for ints and non-ctypes objects for pointers; so does the fake."""
+    import ctypes
+
+    ue = sys.modules["pyueye.ueye"]
+    h = ue.HIDS(0)
+    with pytest.raises(ctypes.ArgumentError):
+        ue.is_SetColorMode(h, 6.0)
+    with pytest.raises(ctypes.ArgumentError):
+        ue.is_GetImageMemPitch(h, 5)  # needs a c_int to write into
+    with pytest.raises(TypeError):
+        ue.is_ExitCamera(h, 0)
+
+
+def test_pixel_format_the_sensor_lacks(system):
+    system.color_modes = {6}  # a mono8-only sensor
+    with pytest.raises(DeviceError, match=r"does not offer mono12.*camera\.bit_depth"):
+        make(bit_depth=12).connect()
+    assert not system.open

@@ -130,3 +130,111 @@ def test_interpreter_is_tuned_for_the_gui_thread() -> None:
     keep = [[] for _ in range(10)]  # new tracked objects: frozen by the call
     freeze_long_lived_heap()
     assert gc.get_freeze_count() >= before + len(keep)
+
+
+class _UmController(StubController):
+    """Says its voxel and pixel sizes, its coverage and which snapshot is the final one."""
+
+    class config:  # noqa: N801
+        class optics:  # noqa: N801
+            object_pixel_um = 0.1
+
+        class camera:  # noqa: N801
+            bit_depth = 8
+
+        class rotation:  # noqa: N801
+            target_coverage_deg = 360.0
+
+    final_volume_version: int | None = None
+
+    def volume_voxel_um(self) -> float:
+        return 0.25
+
+    def stats(self) -> dict[str, Any]:
+        return {"coverage_deg": 123.4}
+
+
+def test_volume_view_titles_units_scale_bars_and_contrast(qtbot) -> None:
+    from mcf_rotator.gui.volume_view import VolumeView
+
+    ctrl = _UmController()
+    view = VolumeView(ctrl)
+    qtbot.addWidget(view)
+    view.show()
+    qtbot.waitExposed(view)
+    assert view.info.text().startswith("No volume yet")  # start-up hint, not a blank panel
+    view.show_snapshot(Snapshot(7, _ball(32, 2.0), n_projections=32), full_resolution=True)
+    # plain title with the run's one coverage figure, not an internal version counter
+    assert view.title == "live volume: 32 views, 123 deg" and "v7" not in view.info.text()
+    assert "0.25 um" in view.info.text()
+    assert tuple(view.layer.scale) == pytest.approx((0.25, 0.25, 0.25))  # napari in um
+    assert view.model.scale_bar.visible and view.model.axes.visible and view.layer.colorbar.visible
+    bar = view.slices.scale_bars[0]
+    assert bar.bar is not None and bar.bar.text.toPlainText().strip().endswith(" um")
+    assert bar.length_um / 0.25 == pytest.approx(bar.bar.size)  # bar length in voxels
+    # contrast slider: half the automatic display maximum on the 3D view and the slices
+    auto_hi = view.contrast[1]
+    view.contrast_slider.setValue(50)
+    assert view.layer.contrast_limits[1] == pytest.approx(auto_hi / 2)
+    assert view.slices.items[0].getLevels()[1] == pytest.approx(auto_hi / 2)
+    ctrl.final_volume_version = 8
+    view.show_snapshot(Snapshot(8, _ball(32, 2.0), n_projections=32), full_resolution=True)
+    assert view.title.startswith("final volume: 32 views, 123 deg")
+    view.close_viewer()
+
+
+def test_live_view_hint_legend_and_um_scale_bar(qtbot) -> None:
+    from mcf_rotator.gui.live_view import LiveView
+
+    ctrl = _UmController()
+    view = LiveView(ctrl)
+    qtbot.addWidget(view)
+    view.show()
+    qtbot.waitExposed(view)
+    assert view.hint.isVisible() and "Trap" in view.hint.text()
+    for words in ("green box", "magenta", "cyan dashed", "yellow"):
+        assert words in view.legend.text()
+    ctrl.frame = Frame(np.full((240, 320), 128, np.uint8), 1)
+    view.refresh()
+    assert not view.hint.isVisible()
+    bar = view.scale_bar
+    assert bar.length_um == 5.0 and bar.bar.size == pytest.approx(50.0)  # 320 px x 0.1 um: a 5 um bar
+    assert bar.bar.text.toPlainText().strip() == "5 um"
+
+
+def test_nice_scale_bar_lengths() -> None:
+    from mcf_rotator.gui.scalebars import nice_length_um
+
+    assert nice_length_um(32.0) == 5.0
+    assert nice_length_um(100.0) == 20.0
+    assert nice_length_um(2.0) == 0.5
+
+
+def test_scale_bar_resizes_in_place(qtbot) -> None:
+    import pyqtgraph as pg
+
+    from mcf_rotator.gui.scalebars import MicronScaleBar
+
+    w = pg.GraphicsLayoutWidget()
+    qtbot.addWidget(w)
+    vb = w.addViewBox()
+    bar = MicronScaleBar(vb)
+    bar.set_pixel(0.1, 320)
+    first = bar.bar
+    bar.set_pixel(0.5, 320)  # a final volume with another voxel size
+    assert bar.bar is first and bar.length_um == 50.0 and bar.bar.size == pytest.approx(100.0)
+    assert bar.bar.text.toPlainText().strip() == "50 um"
+
+
+def test_volume_title_follows_the_run_coverage_between_uploads(qtbot) -> None:
+    from mcf_rotator.gui.volume_view import VolumeView
+
+    ctrl = _UmController()
+    view = VolumeView(ctrl)
+    qtbot.addWidget(view)
+    view.show_snapshot(Snapshot(1, _ball(16, 1.0), n_projections=20), full_resolution=True)
+    assert "123 deg" in view.title
+    ctrl.stats = lambda: {"coverage_deg": 99.0}  # the live angles were re-solved: coverage dropped
+    view.refresh_async()  # a timer tick without a new snapshot
+    assert view.title == "live volume: 20 views, 99 deg"
+    view.close_viewer()

@@ -101,6 +101,9 @@ def _walk(qtbot, wiz) -> list[str]:
     seen = []
     while True:
         page = wiz.currentPage()
+        if page.key == "apply":  # Apply is the operator's explicit decision
+            assert not page.isComplete()
+            page.action.click()
         qtbot.waitUntil(page.isComplete, timeout=30000)
         seen.append(page.key)
         if wiz.nextId() == -1:
@@ -126,7 +129,10 @@ def test_drift_check_suggests_wizard_and_walkthrough_fixes_it(window, qtbot):
     fourier = wiz.pages["fourier"]
     assert fourier.marker.data["x"][0] == pytest.approx(100.0)
     assert wiz.pages["hologram"].image_item.image.shape == (128, 128)
-    assert "residual_rad" in wiz.pages["verify"].status.text()
+    verify = wiz.pages["verify"].status.text()
+    assert "residual phase error:" in verify and " rad" in verify and "residual_rad" not in verify
+    assert wiz.pages["hologram"].title().startswith("Step 2 of 7")
+    assert "calibration saved to" in win.log_panel.plain_text()
     qtbot.waitUntil(lambda: not win.drift_bar.isVisible(), timeout=3000)
     win.check_drift()
     assert not win.drift_bar.isVisible()
@@ -194,9 +200,54 @@ def test_simulated_rebent_fibre_walkthrough(sim_window, qtbot, tmp_path):
     fourier = wiz.pages["fourier"]
     assert fourier.image_item.image is not None and len(fourier.marker.data) == 1
     assert wiz.pages["phases"].image_item.image is not None
-    assert "residual_rms_rad" in wiz.pages["verify"].status.text()
+    verify = wiz.pages["verify"].status.text()
+    assert "residual phase error:" in verify and "rad RMS" in verify and "waves" in verify
+    assert "residual_rms_rad" not in verify and "True" not in verify
+    assert "brightest pixel:" in wiz.pages["hologram"].status.text()
+    assert "fringe carrier:" in wiz.pages["fourier"].status.text()
+    assert "anchor" not in wiz.pages["save"].status.text()  # no Path object's fields
+    assert wiz.pages["phases"].colorbar is not None
     assert wiz.saved
     qtbot.waitUntil(lambda: not win.drift_bar.isVisible(), timeout=3000)
     assert not win.check_drift().needs_recalibration
     assert not world.laser_enabled  # calibration mode left: the laser is off again
     assert not list(tmp_path.glob("mcf-rotator-data"))
+
+
+def test_results_read_in_words_and_units():
+    from pathlib import Path
+
+    from mcf_rotator.gui.wizard import describe_result
+
+    text = describe_result({"max_count": 2929.0, "residual_rms_rad": None, "ok": True,
+                            "carrier_cyc_per_px": (0.21, 0.13), "image": np.zeros((4, 4))})
+    assert "brightest pixel: 2929 counts" in text
+    assert "residual phase error: not measured yet" in text
+    assert "verified: yes" in text and "fringe carrier: 0.21, 0.13 cycles/pixel" in text
+    assert "None" not in text and "True" not in text and "max_count" not in text
+    saved = describe_result(Path("/data/cal/calibration-1.json"))
+    assert saved == "saved to /data/cal/calibration-1.json"
+
+
+def test_apply_waits_for_the_button_and_save_happens_on_finish(window, qtbot, tmp_path):
+    steps = FakeSteps()
+    win = window(steps)
+    wiz = win.open_calibration_wizard()
+    while wiz.currentPage().key != "apply":
+        qtbot.waitUntil(wiz.currentPage().isComplete, timeout=10000)
+        wiz.next()
+    page = wiz.currentPage()
+    qtbot.wait(200)
+    assert "apply" not in steps.calls and not page.isComplete()
+    page.action.click()
+    qtbot.waitUntil(page.isComplete, timeout=10000)
+    assert steps.calls[-1] == "apply"
+    wiz.next()
+    qtbot.waitUntil(wiz.currentPage().isComplete, timeout=10000)
+    wiz.next()
+    assert wiz.currentPage().key == "save"
+    qtbot.wait(200)
+    assert "save" not in steps.calls and not wiz.saved  # nothing written before Finish
+    wiz.button(wiz.WizardButton.FinishButton).click()
+    qtbot.waitUntil(lambda: wiz.saved, timeout=5000)
+    assert steps.calls[-1] == "save"

@@ -153,8 +153,11 @@ def _run_image(args: argparse.Namespace, config: Any, out: Path) -> int:
         raise ConfigError("--image needs --facet-um-per-px (the facet scale on the camera, um per pixel, > 0)")
     img = read_image(args.image)
     geometry = _geometry(config)
-    r = retrieve_phase(img, geometry, float(args.facet_um_per_px),
-                       tuple(args.carrier) if args.carrier else None, full_scale=_full_scale(img, args.full_scale))
+    try:
+        r = retrieve_phase(img, geometry, float(args.facet_um_per_px),
+                           tuple(args.carrier) if args.carrier else None, full_scale=_full_scale(img, args.full_scale))
+    except CalibrationError as exc:  # the cause, and which image it was found in
+        raise CalibrationError(f"hologram image {args.image}: {exc}") from exc
     # the image was taken with a flat SLM pattern: correction = -measured (piston removed)
     d = r.core_phases
     corr = wrap(-(d - np.angle(np.sum(r.core_amplitudes * np.exp(1j * d)))))

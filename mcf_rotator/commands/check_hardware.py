@@ -1,6 +1,9 @@
 """``mcf-rotator check-hardware``: open each configured device, exercise it, report PASS/FAIL.
 
-Camera: open, print model/serial/settings, grab frames, report the frame rate measured on the
+First it lists every driver the rig file can name, what it needs and whether that is installed
+here (``--drivers`` prints only that list), so a missing SDK shows up even for drivers the rig
+file does not select. ``--camera-driver`` / ``--slm-driver`` check another driver than the
+configured one. Camera: open, print model/serial/settings, grab frames, report the frame rate measured on the
 camera's own clock, intensity range, saturation and dropped frames. SLM: open, show a blazed
 grating (first diffraction order should move off axis) for ``--hold`` seconds, then close.
 Every failure prints the driver's operator-readable message; the exit status is 0 only if
@@ -15,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from mcf_rotator.drivers.catalog import all_statuses, driver_names
 from mcf_rotator.errors import McfRotatorError
 
 
@@ -33,6 +37,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--grating-period", type=float, default=8.0,
                    help="test grating period in SLM pixels (default 8)")
     p.add_argument("--list-screens", action="store_true", help="list the monitors Qt sees (for slm.screen_index)")
+    p.add_argument("--drivers", action="store_true",
+                   help="only list every driver, what it needs and whether its SDK is installed here")
+    p.add_argument("--camera-driver", choices=driver_names("camera"), default=None,
+                   help="check this camera driver instead of the rig file's camera.driver")
+    p.add_argument("--slm-driver", choices=driver_names("slm"), default=None,
+                   help="check this SLM driver instead of the rig file's slm.driver")
     p.set_defaults(func=run)
 
 
@@ -59,6 +69,20 @@ def _world(cfg: Any) -> Any:
     from mcf_rotator.simulation.world import SimulatedWorld
 
     return SimulatedWorld(cfg)
+
+
+def print_drivers(cfg: Any | None, out: Any = print) -> None:
+    """One line per driver: kind, name, whether the rig selects it, ready/MISSING and the detail."""
+    selected = set()
+    if cfg is not None:
+        selected = {("camera", cfg.camera.driver), ("slm", cfg.slm.driver), ("trap", cfg.trap)}
+    out("drivers (* = selected by the rig file):")
+    for st in all_statuses():
+        d = st.info
+        mark = "*" if (d.kind, d.name) in selected else " "
+        state = "ready" if st.ready else "MISSING"
+        out(f"  {mark} {d.kind:<6} {d.name:<12} {state:<7} {d.device} (needs {d.needs})")
+        out(f"      {st.detail}")
 
 
 def check_camera(cfg: Any, frames: int, out: Any = print) -> bool:
@@ -151,8 +175,16 @@ def run(args: argparse.Namespace) -> int:
         for line in list_screens():
             print(line)
         return 0
+    if getattr(args, "drivers", False):
+        print_drivers(None)
+        return 0
     cfg = load_config(args.hw_config or getattr(args, "config", None))
+    if getattr(args, "camera_driver", None):
+        cfg.camera = cfg.camera.model_copy(update={"driver": args.camera_driver})
+    if getattr(args, "slm_driver", None):
+        cfg.slm = cfg.slm.model_copy(update={"driver": args.slm_driver})
     print(f"rig: {cfg.name}")
+    print_drivers(cfg)
     results = []
     if args.camera:
         results.append(check_camera(cfg, args.frames))

@@ -14,13 +14,18 @@ import logging
 import time
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
+from mcf_rotator import strict_json
 from mcf_rotator.errors import McfRotatorError
 
 log = logging.getLogger(__name__)
+
+#: files a run writes into its folder (an earlier run's are kept unless --overwrite)
+DEMO_OUTPUTS = ("volume.tif", "angles.csv", "recording.ome.tif", "recording.ome.zarr", "recording.frames.jsonl",
+                "report.json", "summary.png")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -36,6 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="random cell / noise seed")
     p.add_argument("--config", dest="demo_config", type=Path, default=None, help="rig configuration (YAML/JSON)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier run in the folder")
     p.set_defaults(func=run)
 
 
@@ -48,9 +54,10 @@ def run(args: argparse.Namespace) -> int:
             raise McfRotatorError(f"the GUI cannot start ({exc}); use --headless") from exc
         return int(run_app(config_path=config_path, simulate=True) or 0)
     summary = run_headless(
-        args.output, frames=args.frames, seed=args.seed, config_path=config_path, progress=not args.no_progress
+        args.output, frames=args.frames, seed=args.seed, config_path=config_path, progress=not args.no_progress,
+        overwrite=args.overwrite,
     )
-    print(json.dumps(summary, indent=2))
+    print(strict_json.dumps(summary, indent=2))
     return 0
 
 
@@ -60,8 +67,12 @@ def run_headless(
     seed: int = 0,
     config_path: str | Path | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Run the simulated demo into ``output``; returns the headline numbers (also in report.json)."""
+    """Run the simulated demo into ``output``; returns the headline numbers (also in report.json).
+
+    Refuses (naming the file) to replace an earlier run's outputs unless ``overwrite``.
+    """
     from mcf_rotator.config import RigConfig, load_config
     from mcf_rotator.controller import RigController
     from mcf_rotator.rig import build_rig
@@ -75,8 +86,9 @@ def run_headless(
     # the camera frame rate
     duration_s = cfg.rotation.target_coverage_deg * 1.25 / cfg.rotation.rate_deg_s
     cfg.camera.frame_rate_hz = float(min(max(frames / duration_s, 1.0), 10_000.0))
-    from mcf_rotator.reconstruction.io import prepare_output_dir
+    from mcf_rotator.reconstruction.io import prepare_output_dir, refuse_overwrite
 
+    refuse_overwrite([Path(output) / name for name in DEMO_OUTPUTS], overwrite)
     out = prepare_output_dir(output)  # created (or refused with the cause) before the run starts
     t0 = time.perf_counter()
     rig = build_rig(cfg, realtime=False)
@@ -85,7 +97,8 @@ def run_headless(
     calibration = SimpleNamespace(
         correction_rad=rig.world.fibre.correction(), calibration_id=f"simulated-ideal-seed{seed}"
     )
-    ctl = RigController(cfg, rig=rig, output_dir=out, calibration=calibration)
+    ctl = RigController(cfg, rig=rig, output_dir=out, calibration=calibration,
+                        pipeline_factory=_prebuilt_pipeline(cfg))
     ctl.run_dir_override = out
     ctl.max_frames = int(frames)
     bar = _progress(frames, progress)
@@ -120,12 +133,28 @@ def run_headless(
     numbers.update(wall_time_s=round(elapsed, 2), frames_recorded=result.recording.frames_written if result.recording else 0)
     report = dict(result.report)
     report["demo"] = numbers
-    result.report_path.write_text(json.dumps(report, indent=2, default=str))
+    result.report_path.write_text(strict_json.dumps(report, indent=2))
     try:
         write_summary_figure(out / "summary.png", result, rig.world, numbers)
     except Exception as exc:  # noqa: BLE001 - the figure is a convenience, the data are saved
         log.warning("summary figure failed: %s", exc)
     return {"output": str(out), **numbers}
+
+
+def _prebuilt_pipeline(cfg: Any) -> Callable[[Any], Any]:
+    """A pipeline factory whose first pipeline is built now, before the camera thread starts.
+
+    Why: the simulated camera runs as fast as the CPU allows and the controller starts the
+    pipeline only after the rotation (and its recording) began; building it then (loading the
+    learned detector takes seconds) let ~20 recorded frames pass unprocessed, so a 30-frame
+    demo always failed with "only 10-17 frames with a cell". Built here, on the main thread
+    and before any worker thread exists (the import also configures OpenCV's threads), the
+    gap is a few frames."""
+    from mcf_rotator.controller import default_pipeline_factory, prepare_learned_detector
+
+    prepare_learned_detector(cfg)
+    ready = [default_pipeline_factory(cfg)]
+    return lambda config: ready.pop() if ready else default_pipeline_factory(config)
 
 
 def _progress(total: int, enabled: bool) -> Any:

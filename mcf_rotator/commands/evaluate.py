@@ -12,9 +12,10 @@ from mcf_rotator.errors import InputFileError
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("evaluate", help="compare a reconstructed volume with a ground truth")
-    p.add_argument("volume", type=Path)
-    p.add_argument("--truth", type=Path, required=True)
-    p.add_argument("--normalisation", choices=("truth", "minmax", "none"), default="truth")
+    p.add_argument("volume", type=Path, help="reconstructed volume (32-bit float TIFF)")
+    p.add_argument("--truth", type=Path, required=True, help="ground-truth volume of the same shape (TIFF)")
+    p.add_argument("--normalisation", choices=("truth", "minmax", "none"), default="truth",
+                   help="scale both volumes before comparing: by the truth's range, each to 0-1, or not (default truth)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run)
 

@@ -24,15 +24,57 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="val", help="split of --data to score (default val)")
     p.add_argument("-n", "--frames", type=int, default=200, help="synthetic held-out frames")
     p.add_argument("--seed", type=int, default=12345, help="seed of the synthetic held-out set")
-    p.add_argument("--conditions", choices=["hard", "train"], default="hard")
+    p.add_argument("--conditions", choices=["hard", "train"], default="hard",
+                   help="imaging conditions of the synthetic set: the harder held-out ranges or the training ranges "
+                   "(default hard)")
     p.add_argument("--imgsz", type=int, default=None, help="network input size (default: the shipped weights' training size)")
     p.add_argument("--conf", type=float, default=0.5, help="operating confidence threshold")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="CPU threads for inference (default 2)")
     p.add_argument("--json", type=Path, default=None, help="also write the scores as JSON here")
     p.set_defaults(func=run)
 
 
+def check_dataset(data: Path, split: str) -> None:
+    """Refuse a labelled dataset whose ``split`` images cannot be found, before the detector
+    loads, naming the yaml (or folder) and what is wrong with it: unreadable yaml, no such
+    key, or a folder missing relative to the path it was resolved against."""
+    import yaml
+
+    from mcf_rotator.errors import InputFileError
+
+    if not data.exists():
+        raise InputFileError(f"{data}: dataset not found (expected a data.yaml file or a YOLO dataset folder)")
+    if data.is_dir():
+        if not (data / "images" / split).is_dir():
+            raise InputFileError(f"{data}: dataset folder has no images/{split} folder ({data / 'images' / split})")
+        return
+    try:
+        cfg = yaml.safe_load(data.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        why = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
+        raise InputFileError(f"{data}: cannot read the dataset yaml ({why})") from exc
+    if not isinstance(cfg, dict):
+        raise InputFileError(f"{data}: the dataset yaml is not a mapping of keys (path, train, {split}, names)")
+    if split not in cfg:
+        keys = ", ".join(map(str, cfg)) or "none"
+        raise InputFileError(f"{data}: the dataset yaml has no '{split}' key (keys: {keys}); use --split to pick one")
+    if not isinstance(cfg[split], str):
+        raise InputFileError(f"{data}: '{split}' in the dataset yaml must be one folder, got {cfg[split]!r}")
+    # resolved as the reader does: against the yaml's 'path' key, else the yaml's folder
+    if cfg.get("path"):
+        base = Path(str(cfg["path"]))
+        against = f"its 'path' key {base}" + ("" if base.is_absolute() else f", itself relative to {Path.cwd()}")
+    else:
+        base, against = data.parent, "the yaml's folder"
+    folder = base / cfg[split]
+    if not folder.is_dir():
+        raise InputFileError(f"{data}: '{split}: {cfg[split]}' is not a folder: {folder} (relative to {against}) "
+                             "does not exist")
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.data is not None:
+        check_dataset(args.data, args.split)
     from mcf_rotator.reconstruction.ultralytics_env import setup_ultralytics
 
     setup_ultralytics(threads=args.threads)
@@ -59,5 +101,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json is not None:
         d = s.as_dict()
         d.update(weights=str(det.weights), data=source, imgsz=args.imgsz, conf=args.conf, threads=args.threads)
-        args.json.write_text(json.dumps(d, indent=2))
+        from mcf_rotator import strict_json
+
+        args.json.write_text(strict_json.dumps(d, indent=2))  # null, never NaN
     return 0

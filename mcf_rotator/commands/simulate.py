@@ -6,7 +6,8 @@ the SLM rate and stepped like the sequencer), so the recorded cell shows the tra
 Brownian jitter, wobbling axis tilt and drift. ``--ideal`` renders exactly uniform angles
 with no tilt or drift instead. Outputs, for ``-o stack.tif``:
 
-- ``stack.tif``: ImageJ hyperstack (T, H, W), uint8 or uint16, pixel size in um;
+- ``stack.tif``: ImageJ hyperstack (T, H, W), uint8 or uint16, pixel size in um and the true
+  frame interval in s (``--degrees-per-frame`` over the rotation rate);
 - ``stack_truth.tif``: float32 attenuation volume (H, D, W) in the cell frame at angle 0,
   ImageJ stack with the voxel size in metadata;
 - ``stack_angles.csv``: ``frame,angle_deg``, the true cumulative angle of each frame in that
@@ -49,6 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--bit-depth", type=int, choices=(8, 16), default=None, help="stack bit depth (default: camera's)")
     p.add_argument("--no-noise", action="store_true", help="noise-free images")
     p.add_argument("--montage", type=Path, default=None, help="also write a PNG montage of 12 frames with angles")
+    p.add_argument("--overwrite", action="store_true", help="replace existing stack, truth, angles and montage files")
     p.set_defaults(func=run)
 
 
@@ -76,13 +78,17 @@ def run(args: argparse.Namespace) -> int:
     if out.suffix.lower() not in (".tif", ".tiff"):
         out = out.with_suffix(".tif")
 
+    truth_path = out.with_name(out.stem + "_truth.tif")
+    angles_path = out.with_name(out.stem + "_angles.csv")
+    from mcf_rotator.reconstruction.io import refuse_overwrite
+
+    refuse_overwrite((out, truth_path, angles_path, args.montage), getattr(args, "overwrite", False))
     with tqdm(total=args.frames, desc="simulate", unit="frame") as bar:
         stack, angles, pixel_um, world = simulate_stack(config, args.frames, dpf, args.size, args.ideal, bar.update)
     truth = world.ground_truth_volume(args.truth_size)
     voxel_um = world.voxel_um(args.truth_size)
-    truth_path = out.with_name(out.stem + "_truth.tif")
-    angles_path = out.with_name(out.stem + "_angles.csv")
-    write_outputs(out, stack, pixel_um, truth_path, truth, voxel_um, angles_path, angles)
+    write_outputs(out, stack, pixel_um, truth_path, truth, voxel_um, angles_path, angles,
+                  frame_interval_s=frame_interval_s(config, dpf))
     if args.montage is not None:
         write_montage(args.montage, stack, angles)
     print(f"wrote {out} {stack.shape} {stack.dtype}, {truth_path} {truth.shape}, {angles_path}")
@@ -126,7 +132,7 @@ def simulate_stack(
     rot = config.rotation
     rate = rot.rate_deg_s
     direction = float(np.sign(degrees_per_frame) or 1.0)
-    frame_dt = abs(degrees_per_frame) / rate if degrees_per_frame else 1.0 / config.camera.frame_rate_hz
+    frame_dt = frame_interval_s(config, degrees_per_frame)
     refresh_dt = 1.0 / config.slm.refresh_rate_hz
     step = rot.angle_step_deg
     world.set_laser(True)
@@ -158,18 +164,29 @@ def simulate_stack(
     return stack, angles, optics.pixel_um, world
 
 
+def frame_interval_s(config: RigConfig, degrees_per_frame: float) -> float:
+    """Seconds between simulated frames: the rotation between frames at the configured rate
+    (the camera's frame period when the cell does not turn)."""
+    rate = config.rotation.rate_deg_s
+    return abs(degrees_per_frame) / rate if degrees_per_frame else 1.0 / config.camera.frame_rate_hz
+
+
 def write_outputs(out: Path, stack: np.ndarray, pixel_um: float, truth_path: Path, truth: np.ndarray,
-                  voxel_um: float, angles_path: Path, angles: np.ndarray) -> None:
-    """Write the ImageJ stack, the ImageJ float32 truth volume and the angles CSV."""
+                  voxel_um: float, angles_path: Path, angles: np.ndarray, frame_interval_s: float = 1.0) -> None:
+    """Write the ImageJ stack (pixel size, frame interval), the ImageJ float32 truth volume and
+    the angles CSV; values rounded so no float noise reaches the metadata."""
     import tifffile
 
+    from mcf_rotator.ome_metadata import rounded
+
+    px, vox = rounded(pixel_um), rounded(voxel_um)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        tifffile.imwrite(out, stack, imagej=True, resolution=(1 / pixel_um, 1 / pixel_um),
-                         metadata={"axes": "TYX", "unit": "um", "finterval": 1.0})
+        tifffile.imwrite(out, stack, imagej=True, resolution=(1 / px, 1 / px),
+                         metadata={"axes": "TYX", "unit": "um", "finterval": rounded(frame_interval_s)})
         tifffile.imwrite(truth_path, truth.astype(np.float32), imagej=True,
-                         resolution=(1 / voxel_um, 1 / voxel_um),
-                         metadata={"axes": "ZYX", "spacing": voxel_um, "unit": "um"})
+                         resolution=(1 / vox, 1 / vox),
+                         metadata={"axes": "ZYX", "spacing": vox, "unit": "um"})
         with open(angles_path, "w", newline="") as fh:
             w = csv.writer(fh)
             w.writerow(["frame", "angle_deg"])

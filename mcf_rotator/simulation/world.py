@@ -16,7 +16,6 @@ couples into the cores, and the modulus of each core's mean field is its couplin
 from __future__ import annotations
 
 import threading
-import time
 
 import numpy as np
 
@@ -50,7 +49,12 @@ def geometry_from_config(config: RigConfig) -> MCFGeometry:
 
 
 class SimulatedWorld:
-    """Cell + trap + fibre + SLM state, advanced by a simulated clock."""
+    """Cell + trap + fibre + SLM state, advanced by a simulated clock (``time_s``).
+
+    Frames carry this clock (``sim_time_s``, also the frame timestamp) and the controller
+    turns the ellipse on it, so the cell turns at the set rate per simulated second whatever
+    the machine's load.
+    """
 
     def __init__(self, config: RigConfig | None = None, realtime: bool = False) -> None:
         self.config = config if config is not None else RigConfig()
@@ -87,8 +91,11 @@ class SimulatedWorld:
         self._core_coupling = np.ones(self.geometry.n_cores, complex)  # flat SLM
         self._beam_cache: tuple[np.ndarray, BeamState] | None = None
         self._volume_cache: dict[int, np.ndarray] = {}
+        #: simulated seconds; only :meth:`advance` moves it (the camera: one frame period per
+        #: frame). ``realtime`` merely paces the camera's reads with the wall clock, so on a busy
+        #: machine simulated time runs slower than the wall clock and every motion (the cell's,
+        #: the ellipse's via the controller) stays consistent per simulated second.
         self.time_s = 0.0
-        self._wall_start = time.monotonic()
 
     # ------------------------------------------------------------------ SLM side
     def _grating_at_cores(self, angle_deg: float = 0.0) -> np.ndarray | None:
@@ -203,13 +210,6 @@ class SimulatedWorld:
             beam = self._beam()[1] if self.laser_enabled else BeamState.dark()
             self.trap.step(dt_s, beam, self.power_mw, self.laser_enabled)
             self.time_s += dt_s
-
-    def sync_to_wall_clock(self) -> None:
-        """Realtime mode: advance to the wall-clock time since the world was made."""
-        with self.lock:
-            target = time.monotonic() - self._wall_start
-            if target > self.time_s:
-                self.advance(target - self.time_s)
 
     # ------------------------------------------------------------------ cell state
     @property
