@@ -1267,12 +1267,16 @@ class RigController:
             self._on_thread_error(f"finishing: {_describe(exc)}")
             return
         finally:
-            if self.rig.trap.is_connected:
-                try:
-                    self.rig.trap.set_enabled(False)
-                except Exception:  # noqa: BLE001
-                    log.exception("laser off failed")
+            self._laser_off()
         self._end_run(result)
+
+    def _laser_off(self) -> None:
+        """The trapping laser off at the end of a run, finished or cancelled (a failure is logged)."""
+        if self.rig.trap.is_connected:
+            try:
+                self.rig.trap.set_enabled(False)
+            except Exception:  # noqa: BLE001
+                log.exception("laser off failed")
 
     def _end_run(self, result: RunResult) -> None:
         """FINISHING -> IDLE with ``result``; says which files the run folder holds."""
@@ -1316,11 +1320,7 @@ class RigController:
         except OSError as exc:
             self._info(f"cannot write {result.report_path}: {exc.strerror or exc}", "error")
         finally:
-            if self.rig.trap.is_connected:
-                try:
-                    self.rig.trap.set_enabled(False)
-                except Exception:  # noqa: BLE001
-                    log.exception("laser off failed")
+            self._laser_off()
         self._end_run(result)
 
     def _publish_final_volume(self, recon: Any) -> None:
