@@ -18,7 +18,8 @@ from mcf_rotator.drivers.protocols import Frame
 from mcf_rotator.recording import open_recording
 from mcf_rotator.rig import Rig
 
-from test_core_support import FakeCamera, FakePipeline, FakeRecon, FakeSequencer, FakeSLM, FakeTrap, FakeWorld
+from test_core_support import (EmptyCamera, FakeCamera, FakePipeline, FakeRecon, FakeSequencer, FakeSLM,
+                               FakeTrap, FakeWorld, SlowFinalPipeline)
 
 
 def _wait(pred, timeout: float = 20.0) -> bool:
@@ -28,34 +29,6 @@ def _wait(pred, timeout: float = 20.0) -> bool:
             return True
         time.sleep(0.01)
     return False
-
-
-class _EmptyCamera(FakeCamera):
-    """A field without a cell: the trap never holds one, so Run all waits in TRAPPING."""
-
-    def read_frame(self, timeout_s: float = 1.0) -> Frame:
-        f = super().read_frame(timeout_s)
-        return Frame(np.full_like(f.image, 200), f.index, f.timestamp, f.metadata)
-
-
-class _SlowFinalPipeline(FakePipeline):
-    """Its final reconstruction takes until ``release`` is set (minutes on a real rig)."""
-
-    def __init__(self) -> None:
-        super().__init__(deg_per_frame=0.01)
-        self.release = threading.Event()
-        self.entered = threading.Event()
-        self.returned = threading.Event()
-
-    def finalize(self, progress: Any = None) -> FakeRecon:
-        self.entered.set()
-        if progress is not None:
-            progress("slow angle step")
-        self.release.wait(30)
-        if progress is not None:
-            progress("after the slow step")  # raises once the run was abandoned
-        self.returned.set()
-        return FakeRecon(np.ones((6, 6, 6), np.float32), np.asarray(self.angles))
 
 
 def _controller(tmp_path: Path, pipe: FakePipeline, camera: type[FakeCamera] = FakeCamera,
@@ -82,7 +55,7 @@ def _run_all_in_thread(ctl: RigController, **kw: Any) -> tuple[threading.Thread,
 
 
 def test_stop_during_run_all_trapping_ends_the_sequence_quietly(tmp_path: Path) -> None:
-    ctl = _controller(tmp_path, FakePipeline(), camera=_EmptyCamera)
+    ctl = _controller(tmp_path, FakePipeline(), camera=EmptyCamera)
     t, out = _run_all_in_thread(ctl, trap_timeout_s=60.0)
     assert _wait(lambda: ctl.state == RigState.TRAPPING and ctl.stats()["frames_read"] > 5)
     ctl.stop()
@@ -121,7 +94,7 @@ def test_pause_and_rate_act_during_run_all(tmp_path: Path) -> None:
 
 
 def test_cancel_during_finishing_keeps_the_recording_and_returns_at_once(tmp_path: Path) -> None:
-    pipe = _SlowFinalPipeline()
+    pipe = SlowFinalPipeline()
     ctl = _controller(tmp_path, pipe)
     finished: list = []
     ctl.events.finished.connect(finished.append)
@@ -150,7 +123,7 @@ def test_cancel_during_finishing_keeps_the_recording_and_returns_at_once(tmp_pat
 
 
 def test_shutdown_during_finishing_returns_without_waiting_for_the_refinement(tmp_path: Path) -> None:
-    pipe = _SlowFinalPipeline()
+    pipe = SlowFinalPipeline()
     ctl = _controller(tmp_path, pipe)
     ctl.run_all(trap_timeout_s=10.0, wait=False)
     assert _wait(lambda: pipe.n > 200)

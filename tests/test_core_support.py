@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -180,3 +181,33 @@ class FakePipeline:
 def fake_rig(fail_after: int | None = None) -> Rig:
     world = FakeWorld()
     return Rig(camera=FakeCamera(world, fail_after=fail_after), slm=FakeSLM(), trap=FakeTrap(), world=world)
+
+
+class EmptyCamera(FakeCamera):
+    """A field without a cell: the trap never holds one, so Run all waits in TRAPPING."""
+
+    def read_frame(self, timeout_s: float = 1.0) -> Frame:
+        f = super().read_frame(timeout_s)
+        return Frame(np.full_like(f.image, 200), f.index, f.timestamp, f.metadata)
+
+
+class SlowFinalPipeline(FakePipeline):
+    """Its final reconstruction takes until ``release`` is set (minutes on a real rig), at most
+    ``hold_s``; ``returned`` is set only if it got past its second step."""
+
+    def __init__(self, hold_s: float = 30.0) -> None:
+        super().__init__(deg_per_frame=0.01)
+        self.hold_s = hold_s
+        self.release = threading.Event()
+        self.entered = threading.Event()
+        self.returned = threading.Event()
+
+    def finalize(self, progress: Any = None) -> FakeRecon:
+        self.entered.set()
+        if progress is not None:
+            progress("slow angle step")
+        self.release.wait(self.hold_s)
+        if progress is not None:
+            progress("after the slow step")  # raises once the run was abandoned
+        self.returned.set()
+        return FakeRecon(np.ones((6, 6, 6), np.float32), np.asarray(self.angles))

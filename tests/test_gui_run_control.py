@@ -13,38 +13,12 @@ import pytest
 
 from mcf_rotator.config import RigConfig
 from mcf_rotator.controller import RigController, RigState
-from mcf_rotator.drivers.protocols import Frame
 from mcf_rotator.rig import Rig
 
-from test_core_support import FakeCamera, FakePipeline, FakeRecon, FakeSequencer, FakeSLM, FakeTrap, FakeWorld
+from test_core_support import (EmptyCamera, FakeCamera, FakePipeline, FakeRecon, FakeSequencer, FakeSLM,
+                               FakeTrap, FakeWorld, SlowFinalPipeline)
 
 pytestmark = pytest.mark.gui
-
-
-class _EmptyCamera(FakeCamera):
-    """No cell in the field: Run all waits in TRAPPING."""
-
-    def read_frame(self, timeout_s: float = 1.0) -> Frame:
-        f = super().read_frame(timeout_s)
-        return Frame(np.full_like(f.image, 200), f.index, f.timestamp, f.metadata)
-
-
-class _SlowFinalPipeline(FakePipeline):
-    """The final reconstruction lasts until ``release`` (minutes on a loaded machine)."""
-
-    def __init__(self) -> None:
-        super().__init__(deg_per_frame=0.01)
-        self.release = threading.Event()
-        self.entered = threading.Event()
-
-    def finalize(self, progress: Any = None) -> FakeRecon:
-        self.entered.set()
-        if progress is not None:
-            progress("slow angle step")
-        self.release.wait(60)
-        if progress is not None:
-            progress("after the slow step")
-        return FakeRecon(np.ones((6, 6, 6), np.float32), np.asarray(self.angles))
 
 
 class _RefiningPipeline(FakePipeline):
@@ -90,7 +64,7 @@ def _state(win) -> str:
 
 
 def test_stop_during_run_all_acts_at_once(make_window, qtbot, tmp_path):
-    ctl = _controller(tmp_path, FakePipeline(), camera=_EmptyCamera)
+    ctl = _controller(tmp_path, FakePipeline(), camera=EmptyCamera)
     win = make_window(ctl)
     win.run_all()
     qtbot.waitUntil(lambda: _state(win) == "TRAPPING" and win.buttons["stop"].isEnabled(), timeout=5000)
@@ -123,7 +97,7 @@ def test_pause_and_stop_during_run_all_reconstructing(make_window, qtbot, tmp_pa
 
 
 def test_finishing_shows_progress_and_cancel_keeps_the_recording(make_window, qtbot, tmp_path):
-    pipe = _SlowFinalPipeline()
+    pipe = SlowFinalPipeline(hold_s=60.0)
     ctl = _controller(tmp_path, pipe)
     win = make_window(ctl)
     win.run_all()
@@ -148,7 +122,7 @@ def test_finishing_shows_progress_and_cancel_keeps_the_recording(make_window, qt
 
 
 def test_close_during_finishing_returns_and_keeps_the_recording(make_window, qtbot, tmp_path):
-    pipe = _SlowFinalPipeline()
+    pipe = SlowFinalPipeline(hold_s=60.0)
     ctl = _controller(tmp_path, pipe)
     win = make_window(ctl)
     win.run_all()
