@@ -9,6 +9,9 @@ trusted. The research notes behind each step are in docs/angles.md.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -31,6 +34,10 @@ from mcf_rotator.reconstruction.refinement import (
 from mcf_rotator.reconstruction.tracking import RotationTracker, scale_search
 
 __all__ = ["estimate_angles", "angle_confidence", "mirror_checked_share"]
+
+#: threads for the independent steps of :func:`estimate_angles` (orbit-fit members, per-frame
+#: starts); two, or one on a single-core machine
+ANGLE_THREADS = min(2, os.cpu_count() or 1)
 
 
 class _FairMirrorPairs:
@@ -128,6 +135,19 @@ def _orbit_rounds(tracker: RotationTracker, projections: np.ndarray, ang: np.nda
     return _OrbitFit(float(band_weight), np.asarray(ang, np.float64), ref, starts, kept, warp)
 
 
+def _parallel(tasks: list[Callable[[], Any]]) -> list[Any]:
+    """Run independent steps on up to ``ANGLE_THREADS`` threads; results in the tasks' order.
+
+    Why threads: the steps are numpy / OpenCV / sparse products that release the GIL, and the
+    final angle stage otherwise keeps one of the machine's cores idle. Each task only reads
+    shared inputs (caches filled twice at worst, with the same values), so the result does not
+    depend on the thread count."""
+    if ANGLE_THREADS <= 1 or len(tasks) <= 1:
+        return [t() for t in tasks]
+    with ThreadPoolExecutor(max_workers=min(ANGLE_THREADS, len(tasks)), thread_name_prefix="angles") as pool:
+        return list(pool.map(lambda t: t(), tasks))
+
+
 def estimate_angles(
     tracker: RotationTracker,
     projections: np.ndarray,
@@ -197,8 +217,13 @@ def estimate_angles(
     # steps 3-4 once per slice-centroid weight; the members' angles are averaged
     judge = _FairMirrorPairs(projections, ref.axis_offset_px, ref.tilt_deg) if ref is not None else None
     warped: dict[bytes, tuple[np.ndarray, dict[str, Any]]] = {}
-    members = [_orbit_rounds(tracker, projections, ang, ref, rounds, smooth, bw, step, info["flags"], judge, warped)
-               for bw in (band_weights if rounds > 0 else band_weights[:1])]
+    weights = band_weights if rounds > 0 else band_weights[:1]
+    member_flags: list[list[str]] = [[] for _ in weights]
+    members = _parallel([
+        functools.partial(_orbit_rounds, tracker, projections, ang, ref, rounds, smooth, bw, step, fl, judge, warped)
+        for bw, fl in zip(weights, member_flags)])
+    for fl in member_flags:  # in the members' order, each message once, whichever thread ran first
+        info["flags"].extend(m for m in fl if m not in info["flags"])
     # a member whose angles clearly disagree more with the mirror pairs than the best one's went
     # wrong (on stick-slip sweeps the centroid-heavy fits smear the stalls): left out
     mres: list[float | None] = [None] * len(members)
@@ -235,17 +260,20 @@ def estimate_angles(
         # ends in different minima from different starts); the best match wins. Matched on the
         # cell's core, like the moments: from such a start, 8 passes over the whole cell, phase
         # halo included, drifted (simulated rig: 2.0 deg against 0.9 deg on the core)
-        best: tuple[float, np.ndarray, Refinement] | None = None
-        for start, sref in (starts[0], starts[-1]) if len(starts) > 1 else (starts[0],):
+        def per_frame_from(start: np.ndarray, sref: Refinement) -> tuple[float, np.ndarray, Refinement]:
             so, st = sref.axis_offset_px, sref.tilt_deg
             c = moment_angles(projections, start, so, st, order=3, search_deg=25.0, step_deg=0.25)
             c = moment_angles(projections, c, so, st, order=4, search_deg=8.0)
             if match_iterations > 0:
                 c = match_projections(projections, c, so, st, iterations=match_iterations, whole_cell=False)[0]
-            sc = match_score(projections, c, so, st)
-            if best is None or sc > best[0]:
-                best = (sc, c, sref)
-        assert best is not None
+            return match_score(projections, c, so, st), c, sref
+
+        chosen = (starts[0], starts[-1]) if len(starts) > 1 else (starts[0],)
+        found = _parallel([functools.partial(per_frame_from, a0, r0) for a0, r0 in chosen])
+        best = found[0]
+        for cand_found in found[1:]:  # the first start wins a tie, as in a sequential search
+            if cand_found[0] > best[0]:
+                best = cand_found
         score, cand, cref = best
         # mirror pairs searched widely around both sets (the refinement's own pairs favour its
         # angles, and where it went wrong they are wrong too)

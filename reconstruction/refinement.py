@@ -417,7 +417,7 @@ def match_projections(
     start's warp: start from :func:`moment_angles`. ``iterations=0`` only scores the given
     angles. Returns (angles deg, info with the per-frame best NCC ``scores``).
     """
-    from mcf_rotator.reconstruction.fbp import BackProjector, fbp, undo_tilt
+    from mcf_rotator.reconstruction.fbp import fbp, undo_tilt
 
     p = np.asarray(projections, np.float32)
     a = np.asarray(angles_deg, np.float64).copy()
@@ -440,8 +440,7 @@ def match_projections(
     sub_m = np.stack([prep(s) for s in sub])
     ncol = sub.shape[2]
     grid = np.arange(0.0, 360.0, step_deg)
-    op = BackProjector(grid, ncol, ncol, off, np.full(grid.size, 2.0), circle=True)
-    fwd, keep = op.matrix.T.tocsr(), op.pixels  # forward projector of the in-circle pixels
+    fwd, keep = _forward_projector(float(step_deg), int(ncol), float(off))
     halves = [np.arange(0, n, 2), np.arange(1, n, 2)]
     info: dict = {"scores": None, "crop": (int(r0), int(r1), int(c0), int(c1))}
     score = np.zeros(n)
@@ -457,16 +456,27 @@ def match_projections(
             cur = new if iterations > 0 else a
             vol = fbp(sub[src], cur[src], axis_offset_px=off, weights="circular", filter_name=filter_name, size=ncol)
             pix = vol.reshape(vol.shape[0], -1)  # (H', size*size)
-            reproj = fwd @ np.ascontiguousarray(pix[:, keep].T)  # (grid * ncol, H')
-            reproj = reproj.reshape(grid.size, ncol, -1).transpose(0, 2, 1).reshape(grid.size, -1)
+            # only the grid angles some frame of this half searches are reprojected (scoring
+            # alone needs one per frame, not the whole grid); each row of the sparse product is
+            # the same sum either way, so the values do not change
+            m = int(round(win / step_deg))
+            cands = {int(t): (np.round(a[t] / step_deg) + np.arange(-m, m + 1)) * step_deg for t in dst}
+            gis = {t: np.rint(np.mod(c, 360.0) / step_deg).astype(int) % grid.size for t, c in cands.items()}
+            need = np.unique(np.concatenate(list(gis.values()))) if gis else np.zeros(0, int)
+            if need.size > 0.75 * grid.size:
+                need, rows_fwd = np.arange(grid.size), fwd
+            else:
+                rows_fwd = fwd[(need[:, None] * ncol + np.arange(ncol)).ravel()]
+            where = np.full(grid.size, -1)
+            where[need] = np.arange(need.size)
+            reproj = rows_fwd @ np.ascontiguousarray(pix[:, keep].T)  # (needed * ncol, H')
+            reproj = reproj.reshape(need.size, ncol, -1).transpose(0, 2, 1).reshape(need.size, -1)
             if blur_px > 0 or highpass_px > 0:
                 reproj = np.stack([prep(r.reshape(-1, ncol)).ravel() for r in reproj])
             rc = reproj - reproj.mean(axis=1, keepdims=True)
             rc /= np.maximum(np.linalg.norm(rc, axis=1, keepdims=True), 1e-12)
             for t in dst:
-                m = int(round(win / step_deg))
-                cand = (np.round(a[t] / step_deg) + np.arange(-m, m + 1)) * step_deg  # on the grid
-                gi = np.rint(np.mod(cand, 360.0) / step_deg).astype(int) % grid.size
+                cand, gi = cands[int(t)], where[gis[int(t)]]
                 sc = np.stack([(rc[gi] @ x) for x in _shifted(sub_m[t], shifts)])  # (shifts, angles)
                 i, j = np.unravel_index(int(np.argmax(sc)), sc.shape)
                 score[t] = sc[i, j]
@@ -478,6 +488,18 @@ def match_projections(
     info["scores"] = score
     info["shifts"] = shift
     return a, info
+
+
+@lru_cache(maxsize=2)
+def _forward_projector(step_deg: float, ncol: int, off: float) -> tuple[object, np.ndarray]:
+    """Forward projector (CSR, grid angle x column rows) of the in-circle pixels, and those
+    pixels, for the matching grid; kept for the next call with the same geometry (the passes
+    of one sweep share it, and building it costs as much as a matching pass)."""
+    from mcf_rotator.reconstruction.fbp import BackProjector
+
+    grid = np.arange(0.0, 360.0, step_deg)
+    op = BackProjector(grid, ncol, ncol, off, np.full(grid.size, 2.0), circle=True)
+    return op.matrix.T.tocsr(), op.pixels
 
 
 def _shifted(image: np.ndarray, shifts: np.ndarray) -> list[np.ndarray]:
