@@ -208,6 +208,9 @@ def _limit_threads(n: int = 1) -> None:
         configure_opencv_threads()
     except Exception as exc:  # noqa: BLE001
         log.debug("OpenCV threads not set: %s", exc)
+    from mcf_rotator.reconstruction import final_angles
+
+    final_angles.ANGLE_THREADS = max(1, int(n))  # the angle stage's own threads, too
 
 
 def _row_from_report(cell: Cell, report: dict[str, Any], skipped: bool) -> dict[str, Any]:
@@ -256,7 +259,8 @@ def process_cell(cell: Cell, out: str | Path, pixel_size_um: float | None = None
     try:
         _limit_threads(threads)
         folder.mkdir(parents=True, exist_ok=True)
-        for stale in (marker, folder / ERROR):
+        # a run killed here before left its marker unwritten, maybe a half-written temp file
+        for stale in (marker, folder / ERROR, *folder.glob(".*.tmp")):
             if stale.exists():
                 stale.unlink()
         from mcf_rotator.reconstruction.io import read_stack, write_angles, write_volume

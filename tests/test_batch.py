@@ -192,3 +192,60 @@ def test_batch_on_a_local_cluster_resumes_and_summarises(tmp_path, capsys):
     assert "3 cells: 2 ok, 1 failed" in text and "sphericity" in text and "failed broken" in text
     png = out / "summary.png"
     assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_batch_resumes_after_a_real_kill_9(tmp_path):
+    """The whole batch (its process group: the client, the scheduler and the Dask worker
+    processes) is killed with SIGKILL once the first cell has finished; a second run skips the
+    finished cells untouched, redoes the one that was cut off and finishes the rest."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import pandas as pd
+
+    data = tmp_path / "data"
+    data.mkdir()
+    names = [f"cell{i}" for i in range(5)]
+    for i, name in enumerate(names):
+        tifffile.imwrite(data / f"{name}.tif", _frames(10 + i)[0])
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "mcf_rotator", "batch", str(data), "--out", str(out), "--workers", "1",
+           "--no-progress", "--pixel-size", str(PIXEL_UM)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not list(out.glob("*/report.json")):
+            assert proc.poll() is None, proc.stderr.read().decode(errors="replace")[-2000:]
+            assert time.monotonic() < deadline, "no cell finished within 300 s"
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the whole group, workers included
+        proc.wait(timeout=30)
+    for _ in range(100):  # nothing of the killed batch survives (its workers were in the group)
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("a process of the killed batch is still running")
+    done = {p.parent.name: p.stat().st_mtime_ns for p in out.glob("*/report.json")}
+    assert 1 <= len(done) < len(names), f"the kill came too late to test anything: {sorted(done)}"
+    assert not (out / "results.parquet").exists()  # the table is written at the end of a run
+
+    rc = main(["batch", str(data), "--out", str(out), "--workers", "1", "--no-progress",
+               "--pixel-size", str(PIXEL_UM)])
+    assert rc == 0
+    rows = pd.read_parquet(out / "results.parquet").set_index("cell")
+    assert sorted(rows.index) == names and (rows["status"] == "ok").all()
+    for name in names:
+        assert bool(rows.loc[name, "skipped"]) == (name in done), name
+        assert tifffile.imread(out / name / "volume.tif").ndim == 3
+    for name, mtime in done.items():  # finished cells were read, not rewritten
+        assert (out / name / "report.json").stat().st_mtime_ns == mtime
+    assert not list(out.glob("*/.*.tmp"))  # no temporary file of the cut-off cell is left behind
