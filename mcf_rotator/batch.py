@@ -240,13 +240,16 @@ def _error_row(cell: Cell, message: str, total_s: float | None = None) -> dict[s
 
 
 def process_cell(cell: Cell, out: str | Path, pixel_size_um: float | None = None, redo: bool = False,
-                 recon: dict[str, Any] | None = None, threads: int = 1) -> dict[str, Any]:
+                 recon: dict[str, Any] | None = None, threads: int = 1, force: bool = False) -> dict[str, Any]:
     """Reconstruct and measure one cell into ``out/<cell.name>/``; its results-table row.
 
     Never raises for a bad recording: the row says ``status="error"`` with the message, which
     is also written to ``error.txt``. ``recon`` holds extra keyword arguments for
     :func:`~mcf_rotator.reconstruction.stack.reconstruct_frames` (``roi_px``, ``size``,
     ``cell_px``, ``direction``). ``pixel_size_um`` None: from the recording's metadata, if any.
+    The quality gate of ``reconstruct`` applies (:mod:`~mcf_rotator.reconstruction.quality`):
+    a stack with no consistent cell, or angles that cannot be trusted, is an error row with the
+    reasons and no volume, unless ``force`` (then the reasons go into the report's flags).
     """
     folder = Path(out) / cell.name
     marker = folder / REPORT
@@ -263,6 +266,7 @@ def process_cell(cell: Cell, out: str | Path, pixel_size_um: float | None = None
         for stale in (marker, folder / ERROR, *folder.glob(".*.tmp")):
             if stale.exists():
                 stale.unlink()
+        from mcf_rotator.reconstruction import quality
         from mcf_rotator.reconstruction.io import read_stack, write_angles, write_volume
         from mcf_rotator.reconstruction.morphology import measure_cell
         from mcf_rotator.reconstruction.stack import reconstruct_frames
@@ -270,10 +274,19 @@ def process_cell(cell: Cell, out: str | Path, pixel_size_um: float | None = None
         frames = read_stack(cell.path)
         px = pixel_size_um if pixel_size_um else recording_pixel_size(cell.path)
         t1 = time.perf_counter()
+        evidence = quality.frame_evidence(frames, cell_px=(recon or {}).get("cell_px"))  # cheap, first
+        if (why := quality.frame_problem(evidence)) and not force:
+            raise McfRotatorError(f"{cell.path}: {why} (--force reconstructs it anyway)")
         try:
             result = reconstruct_frames(frames, pixel_size_um=px, **(recon or {}))
         except McfRotatorError as exc:
             raise type(exc)(f"{cell.path}: {exc}") from exc
+        verdict = quality.assess(result.report, evidence)
+        if not verdict.ok and not force:
+            raise McfRotatorError(f"{cell.path}: {'; '.join(verdict.reasons)} (--force keeps the volume anyway)")
+        result.report["quality"] = verdict.as_dict()
+        if not verdict.ok:
+            result.report.setdefault("flags", []).extend(f"quality gate overridden: {r}" for r in verdict.reasons)
         t2 = time.perf_counter()
         write_volume(folder / VOLUME, result.volume, result.voxel_um)
         write_angles(folder / ANGLES, result.angles_deg)
@@ -362,6 +375,7 @@ def run_batch(
     retries: int = 0,
     progress: bool = True,
     on_row: Callable[[dict[str, Any]], None] | None = None,
+    force: bool = False,
 ) -> list[dict[str, Any]]:
     """Every cell through :func:`process_cell` on ``client``; the table rows in input order.
 
@@ -383,7 +397,7 @@ def run_batch(
             todo.append(c)
     futures = {}
     for c in todo:
-        f = client.submit(process_cell, c, str(out), pixel_size_um, redo, recon, 1,
+        f = client.submit(process_cell, c, str(out), pixel_size_um, redo, recon, 1, force,
                           key=f"mcf-cell-{c.name}-{time.time_ns()}", pure=False, retries=retries)
         futures[f] = c
     bar = None

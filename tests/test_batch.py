@@ -249,3 +249,19 @@ def test_batch_resumes_after_a_real_kill_9(tmp_path):
     for name, mtime in done.items():  # finished cells were read, not rewritten
         assert (out / name / "report.json").stat().st_mtime_ns == mtime
     assert not list(out.glob("*/.*.tmp"))  # no temporary file of the cut-off cell is left behind
+
+
+def test_a_cell_the_quality_gate_refuses_is_an_error_row_without_a_volume(tmp_path):
+    """Pure camera noise has no cell: the batch says so for that cell, as ``reconstruct`` does,
+    and writes no volume (never a silently wrong one)."""
+    from mcf_rotator import batch
+
+    rng = np.random.default_rng(0)
+    noise = tmp_path / "noise.tif"
+    tifffile.imwrite(noise, rng.normal(128, 12, (40, 80, 80)).clip(0, 255).astype(np.uint8))
+    row = batch.process_cell(batch.find_cells([noise])[0], tmp_path / "out")
+    assert row["status"] == "error"
+    assert str(noise) in row["error"] and "--force" in row["error"]
+    assert "cell" in row["error"].lower()
+    assert not (tmp_path / "out" / "noise" / "volume.tif").exists()
+    assert (tmp_path / "out" / "noise" / "error.txt").read_text().startswith(str(noise))

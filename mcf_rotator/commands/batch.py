@@ -25,6 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="run on an existing Dask cluster (e.g. tcp://host:8786) instead of a local one")
     p.add_argument("--redo", action="store_true", help="reprocess cells that are already finished")
+    p.add_argument("--force", action="store_true",
+                   help="keep a cell's volume even when the quality gate finds no (consistent) cell or "
+                        "untrustworthy angles (the reasons go into its report)")
     p.add_argument("--retries", type=int, default=1,
                    help="Dask retries of a cell whose worker died (default 1; bad recordings are not retried)")
     p.add_argument("--pixel-size", type=float, default=None,
@@ -67,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
         n_workers = len(client.scheduler_info().get("workers", {}))
         print(f"Dask: {n_workers} worker(s), dashboard {client.dashboard_link}", flush=True)
         rows = batch.run_batch(cells, args.out, client, pixel_size_um=args.pixel_size, redo=args.redo,
-                               recon=recon, retries=max(0, args.retries), progress=not args.no_progress)
+                               recon=recon, retries=max(0, args.retries), progress=not args.no_progress,
+                               force=args.force)
     finally:
         batch.close_client(client)
     ok = sum(r["status"] == "ok" for r in rows)
