@@ -1237,6 +1237,15 @@ class RigController:
                         reasons = "; ".join(conf.get("reasons") or [])
                         self._info(f"angles {conf['level']}" + (f": {reasons}" if reasons else ""),
                                    "info" if conf["level"] == "good" else "warning")
+                    if isinstance(report, dict):  # the gate of `reconstruct`: a live run keeps its volume
+                        from mcf_rotator.reconstruction import quality
+
+                        verdict = quality.assess(report)
+                        report["quality"] = verdict.as_dict()
+                        if not verdict.ok:
+                            report.setdefault("flags", []).extend(f"quality gate: {r}" for r in verdict.reasons)
+                            self._info("the volume is kept but cannot be trusted: " + "; ".join(verdict.reasons),
+                                       "warning")
                     self._publish_final_volume(recon)
                     self._write_outputs(result, recon)
                 except ReconstructionError as exc:
@@ -1391,6 +1400,9 @@ class RigController:
                 volume_shape=list(np.shape(recon.volume)),
                 pipeline_report=getattr(recon, "report", None),
             )
+            pipe = getattr(recon, "report", None)
+            if isinstance(pipe, dict) and "quality" in pipe:
+                rep["quality"] = pipe["quality"]  # where `reconstruct` puts it, top level
         return rep
 
     def _close_recording(self) -> RecordingSummary | None:

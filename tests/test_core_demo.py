@@ -41,3 +41,6 @@ def test_headless_demo_writes_every_output(tmp_path: Path) -> None:
     report = json.loads((out / "report.json").read_text())
     assert report["demo"]["frames_recorded"] == len(frames) and report["n_projections"] == len(rows) - 1
     assert report["demo"]["true_coverage_deg"] >= 300  # the calibrated simulated trap really turned the cell
+    # the run went through the quality gate of `reconstruct`, with its evidence, and passed it
+    assert report["quality"]["ok"] and report["quality"]["reasons"] == [], report["quality"]
+    assert report["quality"]["angle_confidence"]["level"] in ("good", "uncertain")
