@@ -417,7 +417,7 @@ def match_projections(
     start's warp: start from :func:`moment_angles`. ``iterations=0`` only scores the given
     angles. Returns (angles deg, info with the per-frame best NCC ``scores``).
     """
-    from mcf_rotator.reconstruction.fbp import fbp, undo_tilt
+    from mcf_rotator.reconstruction.fbp import BackProjector, fbp, undo_tilt
 
     p = np.asarray(projections, np.float32)
     a = np.asarray(angles_deg, np.float64).copy()
@@ -440,7 +440,8 @@ def match_projections(
     sub_m = np.stack([prep(s) for s in sub])
     ncol = sub.shape[2]
     grid = np.arange(0.0, 360.0, step_deg)
-    fwd, keep = _forward_projector(float(step_deg), int(ncol), float(off))
+    op = BackProjector(grid, ncol, ncol, off, np.full(grid.size, 2.0), circle=True)
+    fwd, keep = op.matrix.T.tocsr(), op.pixels  # forward projector of the in-circle pixels
     halves = [np.arange(0, n, 2), np.arange(1, n, 2)]
     info: dict = {"scores": None, "crop": (int(r0), int(r1), int(c0), int(c1))}
     score = np.zeros(n)
@@ -488,18 +489,6 @@ def match_projections(
     info["scores"] = score
     info["shifts"] = shift
     return a, info
-
-
-@lru_cache(maxsize=2)
-def _forward_projector(step_deg: float, ncol: int, off: float) -> tuple[object, np.ndarray]:
-    """Forward projector (CSR, grid angle x column rows) of the in-circle pixels, and those
-    pixels, for the matching grid; kept for the next call with the same geometry (the passes
-    of one sweep share it, and building it costs as much as a matching pass)."""
-    from mcf_rotator.reconstruction.fbp import BackProjector
-
-    grid = np.arange(0.0, 360.0, step_deg)
-    op = BackProjector(grid, ncol, ncol, off, np.full(grid.size, 2.0), circle=True)
-    return op.matrix.T.tocsr(), op.pixels
 
 
 def _shifted(image: np.ndarray, shifts: np.ndarray) -> list[np.ndarray]:
