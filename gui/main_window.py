@@ -336,9 +336,33 @@ class MainWindow(QMainWindow):
         self.direction_combo.setCurrentIndex(0 if direction == 1 else 1)
         self.rate_spin.editingFinished.connect(self.apply_rotation)
         self.direction_combo.currentIndexChanged.connect(lambda _i: self.apply_rotation())
+        # open loop: the ellipse turns at the rate; closed loop: it is steered so the cell does
+        self.loop_combo = QComboBox(box)
+        self.loop_combo.setObjectName("loopCombo")
+        self.loop_combo.addItem("open loop (ellipse at the set rate)", "open")
+        self.loop_combo.addItem("closed loop (the cell at the set rate)", "closed")
+        loop = self.settings.rotation_loop or getattr(rot, "loop", "open")
+        self.loop_combo.setCurrentIndex(1 if loop == "closed" else 0)
+        self.step_spin = QDoubleSpinBox(box)
+        self.step_spin.setObjectName("stepPerFrameSpin")
+        self.step_spin.setRange(0.0, 30.0)
+        self.step_spin.setDecimals(2)
+        self.step_spin.setSingleStep(0.1)
+        self.step_spin.setSuffix(" deg/frame")
+        self.step_spin.setSpecialValueText("use the rate")  # 0: the rate above sets the target
+        step = self.settings.step_per_frame_deg or getattr(rot, "step_per_frame_deg", None) or 0.0
+        self.step_spin.setValue(float(step))
+        self.step_spin.setToolTip("closed loop: the cell's target step per camera frame instead of deg/s")
+        self.step_spin.setEnabled(loop == "closed")
+        self.loop_combo.currentIndexChanged.connect(lambda _i: self.apply_loop())
+        self.step_spin.editingFinished.connect(self.apply_loop)
         form.addRow("Rotation rate", self.rate_spin)
         form.addRow("Direction", self.direction_combo)
+        form.addRow("Rotation loop", self.loop_combo)
+        form.addRow("Cell step", self.step_spin)
         grid.addLayout(form, 4, 0, 1, 2)
+        if loop != getattr(rot, "loop", "open") or (step or None) != getattr(rot, "step_per_frame_deg", None):
+            self.apply_loop()  # the operator's last choice applies to this rig too
         return box
 
     def _build_menus(self) -> None:
@@ -498,6 +522,18 @@ class MainWindow(QMainWindow):
         self.settings.rotation_rate_deg_s = rate
         self.settings.rotation_direction = direction
         self.run_command("set rotation", lambda: self.controller.set_rotation(rate, direction), lane="urgent")
+
+    def apply_loop(self) -> None:
+        """Open or closed loop and the cell's target step per frame (0 = the rate), now and for
+        the next run."""
+        loop = str(self.loop_combo.currentData())
+        step = float(self.step_spin.value()) or None
+        self.step_spin.setEnabled(loop == "closed")
+        self.settings.rotation_loop = loop
+        self.settings.step_per_frame_deg = step
+        set_loop = getattr(self.controller, "set_rotation_loop", None)
+        if set_loop is not None:
+            self.run_command("set rotation loop", lambda: set_loop(loop, step), lane="urgent")
 
     def _on_pause_toggled(self, paused: bool) -> None:
         self.pause_button.setText("Resume" if paused else "Pause")

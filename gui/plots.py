@@ -1,4 +1,5 @@
-"""Tracked angle vs time and angular coverage, pulled from the controller at ~5 Hz.
+"""Tracked angle vs time, the commanded ellipse angle and the lag between them, and the
+angular coverage, pulled from the controller at ~5 Hz.
 
 The axes are not auto-ranged: they grow in whole steps (10 s, 90 deg), so a refresh
 repaints only the curve; re-laying out and re-drawing both axes on every new point cost
@@ -17,7 +18,9 @@ from qtpy.QtWidgets import QLabel, QProgressBar, QVBoxLayout, QWidget
 
 
 class AnglePlot(QWidget):
-    """Angle trace plus a coverage bar with the 180 deg (minimum) and target marks."""
+    """Cell angle and commanded ellipse angle, the lag (ellipse minus cell, both zero at the
+    first frame), a coverage bar with the 180 deg (minimum) and target marks, and the closed
+    loop's state in words."""
 
     #: axis ranges grow in these steps (seconds, degrees)
     TIME_STEP_S = 10.0
@@ -34,7 +37,18 @@ class AnglePlot(QWidget):
         self.plot.setMenuEnabled(False)
         self.plot.disableAutoRange()
         self._range: tuple[float, float, float, float] | None = None
-        self.curve = self.plot.plot([], [], pen=pg.mkPen("#1f77b4", width=2))
+        self.plot.addLegend(offset=(10, 10))
+        self.curve = self.plot.plot([], [], pen=pg.mkPen("#1f77b4", width=2), name="cell")
+        self.command_curve = self.plot.plot([], [], pen=pg.mkPen("#ff7f0e", width=1, style=pg.QtCore.Qt.PenStyle.DashLine),
+                                            name="ellipse (commanded)")
+        self.lag_plot = pg.PlotWidget(self)
+        self.lag_plot.setLabel("left", "lag (deg)")
+        self.lag_plot.setMenuEnabled(False)
+        self.lag_plot.showGrid(x=True, y=True, alpha=0.3)
+        self.lag_plot.setXLink(self.plot)
+        self.lag_plot.setMaximumHeight(110)
+        self.lag_curve = self.lag_plot.plot([], [], pen=pg.mkPen("#d62728", width=1))
+        self.loop_label = QLabel("", self)
         self.target = self._target_deg()
         self.min_line = pg.InfiniteLine(pos=180, angle=0, pen=pg.mkPen("#888", style=pg.QtCore.Qt.PenStyle.DashLine))
         self.plot.addItem(self.min_line)
@@ -45,6 +59,8 @@ class AnglePlot(QWidget):
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(self.plot, 1)
+        lay.addWidget(self.lag_plot)
+        lay.addWidget(self.loop_label)
         lay.addWidget(self.coverage_bar)
         lay.addWidget(self.coverage_label)
         self.n_points = 0
@@ -86,7 +102,34 @@ class AnglePlot(QWidget):
                 self._grow_range(float(t[n - 1] - t0), float(np.nanmin(a[:n])), float(np.nanmax(a[:n])))
             else:
                 self.curve.setData([], [])
+            self._refresh_command(t[:n], a[:n], final)
+        self.set_loop_text(loop_text(self.controller))
         self.set_coverage(coverage_of(self.controller, a[:n]))
+
+    def _refresh_command(self, t: np.ndarray, a: np.ndarray, final: bool) -> None:
+        """The commanded angle on the cell's time axis, and the lag. After the run the cell's
+        curve holds the refined angles on resampled times: the lag is shown for live angles only."""
+        try:
+            tc, c = self.controller.command_trace()
+        except Exception:
+            tc, c = np.empty(0), np.empty(0)
+        tc, c = np.asarray(tc, float), np.asarray(c, float)
+        if not tc.size or not t.size:
+            self.command_curve.setData([], [])
+            self.lag_curve.setData([], [])
+            return
+        t0 = self._time_origin(float(min(t[0], tc[0])))
+        step = max(1, tc.size // 4000)
+        self.command_curve.setData(tc[::step] - t0, c[::step])
+        if final:
+            self.lag_curve.setData([], [])
+            return
+        m = min(tc.size, t.size)  # one point per traced frame in both (read a moment apart)
+        self.lag_curve.setData(t[:m:step] - t0, (c[:m] - (a[:m] - a[0]))[::step])
+
+    def set_loop_text(self, text: str) -> None:
+        if text != self.loop_label.text():
+            self.loop_label.setText(text)
 
     def _time_origin(self, first: float) -> float:
         """Time zero of the x axis: when the rotation started (the run's clock), else the first point."""
@@ -130,6 +173,24 @@ class AnglePlot(QWidget):
         text = f"coverage: {coverage_deg:.0f} deg ({state}; target {self.target:.0f})"
         if text != self.coverage_label.text():
             self.coverage_label.setText(text)
+
+
+def loop_text(controller: Any) -> str:
+    """The rotation loop in words: open, or closed with the cell's rate against the set one,
+    the lag and what the loop is doing (e.g. "cell not following: ellipse held")."""
+    try:
+        st = controller.stats()
+    except Exception:
+        return ""
+    if st.get("rotation_loop") != "closed":
+        return "open loop: the ellipse turns at the set rate"
+    if "loop_state" not in st:
+        return str(st.get("loop_message") or "closed loop: waiting for the cell's angle")
+    cell = st.get("cell_rate_deg_s")
+    lag = st.get("lag_deg")
+    rate = f"cell {cell:.1f} of {st.get('set_rate_deg_s', 0.0):.1f} deg/s" if cell is not None else "cell rate -"
+    lag_s = f"lag {lag:.1f} deg" if lag is not None else "lag -"
+    return f"closed loop: {rate}, {lag_s}; {st.get('loop_message', '')}"
 
 
 def coverage_of(controller: Any, angles: np.ndarray | None = None) -> float:

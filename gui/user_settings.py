@@ -46,6 +46,9 @@ class UserSettings:
     trap_mode: str = "config"
     rotation_rate_deg_s: float | None = None
     rotation_direction: int | None = None
+    #: "open" / "closed" rotation loop, and the closed loop's target step per frame (deg)
+    rotation_loop: str | None = None
+    step_per_frame_deg: float | None = None
     output_dir: str | None = None
     live_fps: float = 40.0
     #: napari repaints of a 128^3 volume cost ~0.2 s on software GL: 1 Hz keeps the live view smooth
@@ -76,6 +79,10 @@ class UserSettings:
         for name in ("camera_mode", "slm_mode", "trap_mode"):
             if getattr(self, name) not in ("config", "simulated", "real"):
                 raise ValueError(f"{name}={getattr(self, name)!r}")
+        if self.rotation_loop not in (None, "open", "closed"):
+            raise ValueError(f"rotation_loop={self.rotation_loop!r}")
+        if self.step_per_frame_deg is not None and not (0.0 < float(self.step_per_frame_deg) <= 30.0):
+            raise ValueError(f"step_per_frame_deg={self.step_per_frame_deg!r}")
         if not (1.0 <= float(self.live_fps) <= 240.0):
             raise ValueError(f"live_fps={self.live_fps!r}")
         if not (0.1 <= float(self.volume_refresh_hz) <= 10.0):

@@ -77,6 +77,11 @@ class RotationConfig(_Strict):
     target_coverage_deg: float = Field(360.0, ge=180.0)
     angle_step_deg: float = Field(1.0, gt=0, le=30)
     ellipse_axes: tuple[float, float] = (6.0, 2.5)
+    #: "open": the ellipse turns at ``rate_deg_s``; "closed": it is steered by the cell's
+    #: tracked rotation so that the *cell* turns at that rate (mcf_rotator.rotation_control)
+    loop: Literal["open", "closed"] = "open"
+    #: closed loop: the cell's target step per camera frame (deg) instead of ``rate_deg_s``
+    step_per_frame_deg: float | None = Field(None, gt=0, le=30)
 
 
 class SimulationConfig(_Strict):

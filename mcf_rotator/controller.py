@@ -49,6 +49,9 @@ log = logging.getLogger(__name__)
 VOLUME_EVENT_MIN_INTERVAL_S = 0.2  # volume_updated at <= 5 Hz
 #: the ellipse must have turned this much more than the target before a run ends by coverage
 COMMAND_MARGIN = 1.1
+#: closed loop on the simulated world's own time: the camera runs at most this many frames ahead
+#: of the pipeline (the world waits for it); a full 64-frame queue would delay the loop by ~1 s
+LOOP_QUEUE_FRAMES = 2
 #: the camera thread looks for the trapped cell at most this often (cell_centroid costs a few ms)
 TRAP_CHECK_INTERVAL_S = 0.1
 #: a cell is trapped when seen in this many consecutive checks within TRAP_TOLERANCE_PX
@@ -293,6 +296,7 @@ class RigController:
         world = self.rig.world
         self.lockstep = bool(lockstep) if lockstep is not None else (world is not None and not getattr(world, "realtime", False))
         self.ring: FrameRingBuffer[Frame] = FrameRingBuffer(ring_capacity)
+        self._ring_capacity = int(ring_capacity)
         #: stop recording (and finish) after this many frames; None = until coverage is reached
         self.max_frames: int | None = None
         #: write into exactly this folder instead of a new time-stamped one under output_dir
@@ -303,6 +307,12 @@ class RigController:
         self._sequencer = sequencer
         self._fibre: tuple[Any, Any] | None = None
         self._rotation: Any = None
+        #: closed loop (config.rotation.loop == "closed"): RotationLoop stepped by the pipeline
+        self._loop: Any = None
+        self._loop_status: Any = None
+        self._loop_fallback: str | None = None  # why a closed loop fell back to open loop
+        self._loop_correction = 0.0  # revision of the live angle by a re-solve, for the loop
+        self._beam_profiles: tuple[Any, Any] | None = None
         self._recorder: Recorder | None = None
         self._pipeline: Any = None
         self._camera_thread: threading.Thread | None = None
@@ -332,6 +342,8 @@ class RigController:
         self._snapshot: Any = None
         self._trace_t: list[float] = []
         self._trace_a: list[float] = []
+        # commanded (ellipse) angle at the exposure of every frame of the trace, for the plot
+        self._trace_cmd: list[tuple[float, float]] = []
         self._processed_record_idx: list[int] = []
         # recording index of every frame that got an angle (the pipeline keeps only those)
         self._traced_record_idx: list[int] = []
@@ -510,8 +522,11 @@ class RigController:
                 # on the simulated world's own time the camera thread ticks the driver, so the
                 # cell turns at the set rate per simulated second however loaded the machine is
                 world = self._world_clock_source()
+                # closed loop: the ellipse waits, with the cell at rest and aligned, until the
+                # loop (from Reconstruct on) steers it with the tracked angles
                 self._rotation = RotationDriver(
-                    self.rig.slm, self._sequencer, rot.rate_deg_s, rot.direction, on_error=self._on_thread_error,
+                    self.rig.slm, self._sequencer, 0.0 if rot.loop == "closed" else rot.rate_deg_s, rot.direction,
+                    on_error=self._on_thread_error,
                     clock=(lambda: float(world.time_s)) if world is not None else None,
                 )
                 self._rotation.start()
@@ -520,7 +535,11 @@ class RigController:
             except Exception as exc:  # noqa: BLE001
                 self._fail(f"rotation failed to start: {_describe(exc)}")
                 raise
-        self._info(f"rotating at {self.config.rotation.rate_deg_s:g} deg/s, recording to {self._recorder.path}")
+        if self.config.rotation.loop == "closed":
+            self._info(f"closed loop: the ellipse turns once the cell is tracked (Reconstruct), the cell at "
+                       f"{self.config.rotation.rate_deg_s:g} deg/s; recording to {self._recorder.path}")
+        else:
+            self._info(f"rotating at {self.config.rotation.rate_deg_s:g} deg/s, recording to {self._recorder.path}")
 
     def _world_clock_source(self) -> Any:
         """The simulated world whose clock the camera advances (frames carry its time), or None.
@@ -550,10 +569,12 @@ class RigController:
                 self.ring.block_when_full = True
             self._pipeline_stop.clear()
             self._rotation_start_deg = float(self._rotation.angle_deg) if self._rotation is not None else 0.0
+            self._start_rotation_loop()
             self._pipeline_thread = threading.Thread(target=self._pipeline_loop, name="pipeline", daemon=True)
             self._set_state(RigState.RECONSTRUCTING)
             self._pipeline_thread.start()
-        self._info(f"reconstructing until {self.config.rotation.target_coverage_deg:g} deg are covered")
+        loop = " (closed loop: the ellipse follows the cell)" if self._loop is not None else ""
+        self._info(f"reconstructing until {self.config.rotation.target_coverage_deg:g} deg are covered{loop}")
 
     def stop(self) -> None:
         """End the run now: reconstruct what was seen (if reconstructing), save, IDLE."""
@@ -604,6 +625,9 @@ class RigController:
         self._info("paused")
 
     def resume(self) -> None:
+        loop = self._loop
+        if loop is not None:
+            loop.controller.reset()  # the pause is no stall: the reference restarts from the cell
         self._pause.clear()
         if self._rotation is not None:
             self._rotation.resume()
@@ -620,8 +644,38 @@ class RigController:
         self.config.rotation.rate_deg_s = float(rate_deg_s)
         if direction is not None:
             self.config.rotation.direction = direction
+        loop = self._loop
+        if loop is not None:  # closed loop: the cell's target; the loop commands the ellipse
+            if self.config.rotation.step_per_frame_deg is None:
+                loop.controller.set_target(float(rate_deg_s), direction=direction)
+            else:
+                loop.controller.set_target(direction=direction)
+            return
         if self._rotation is not None:
             self._rotation.set_rate(rate_deg_s, direction)
+
+    def set_rotation_loop(self, loop: str, step_per_frame_deg: float | None = None) -> None:
+        """Open loop (the ellipse turns at the set rate) or closed loop (it is steered so that the
+        cell turns at the set rate, or at ``step_per_frame_deg`` per camera frame).
+
+        Closed loop starts with the next run: the loop needs the cell at rest, aligned with the
+        ellipse, when the first angle comes (the tracker measures turns, not the lag). Back to
+        open loop, and a new target step, apply at once."""
+        if loop not in ("open", "closed"):
+            raise ValueError(f"loop must be 'open' or 'closed', got {loop!r}")
+        rot = self.config.rotation
+        rot.loop = loop  # validated (pydantic)
+        rot.step_per_frame_deg = step_per_frame_deg
+        if loop == "open" and self._loop is not None:
+            self._loop = None
+            self.ring.capacity = self._ring_capacity
+            if self._rotation is not None:
+                self._rotation.set_rate(rot.rate_deg_s, rot.direction)
+            self._info("open loop: the ellipse turns at the set rate")
+        elif loop == "closed" and self._loop is not None:
+            self._apply_loop_target(self._loop.controller)
+        elif loop == "closed" and self._state in (RigState.ROTATING, RigState.RECONSTRUCTING):
+            self._info("closed loop starts with the next run (it needs the cell at rest when it starts)")
 
     def set_calibration(self, calibration: Any) -> None:
         """Apply a CalibrationRecord (per-core correction) from now on."""
@@ -878,7 +932,20 @@ class RigController:
             "recording_lost": getattr(rec, "frames_lost", 0) if rec else 0,
             "processed_frames": len(self._processed_record_idx),
             "commanded_angle_deg": self._rotation.angle_deg if self._rotation is not None else None,
+            **self._loop_stats(),
         }
+
+    def _loop_stats(self) -> dict[str, Any]:
+        """The rotation loop's figures for the status line and the report."""
+        st = self._loop_status if self._loop is not None else None
+        out: dict[str, Any] = {"rotation_loop": self.config.rotation.loop}
+        if self._loop_fallback:
+            out["loop_message"] = f"closed loop off: {self._loop_fallback}"
+        if st is not None:
+            out.update(loop_state=st.state.value, loop_message=st.message, lag_deg=st.lag_deg,
+                       cell_rate_deg_s=st.cell_rate_deg_s, commanded_rate_deg_s=st.commanded_rate_deg_s,
+                       set_rate_deg_s=st.set_rate_deg_s)
+        return out
 
     def slm_image(self, max_side: int | None = None) -> np.ndarray | None:
         """Grey levels on the SLM; with ``max_side``, every n-th pixel so no side exceeds it.
@@ -913,7 +980,12 @@ class RigController:
         self._run_done.clear()
         self._latest_result = None
         self._snapshot = None
-        self._trace_t, self._trace_a = [], []
+        self._trace_t, self._trace_a, self._trace_cmd = [], [], []
+        self._loop = None
+        self.ring.capacity = self._ring_capacity
+        self._loop_status = None
+        self._loop_fallback = None
+        self._loop_correction = 0.0
         self._processed_record_idx = []
         self._traced_record_idx = []
         self._resolves_seen = 0
@@ -1055,6 +1127,8 @@ class RigController:
                 now = time.monotonic()
                 self._frame_times.append(now)
                 frame.metadata["wall_s"] = now  # the run's wall-clock time axis (angle plot)
+                if rot is not None:
+                    frame.metadata["slm_angle_deg"] = float(rot.angle_deg)  # the command at this exposure
                 try:
                     self._watch_trap(frame.image)
                 except Exception:  # noqa: BLE001 - the trap watch never stops the camera
@@ -1117,13 +1191,16 @@ class RigController:
                 self._processed_record_idx.append(rec_idx)
                 angle = getattr(result, "angle_deg", None)
                 if angle is not None:
-                    self._trace_t.append(float(frame.metadata.get("wall_s", time.monotonic())))
+                    t_wall = float(frame.metadata.get("wall_s", time.monotonic()))
+                    self._trace_t.append(t_wall)
                     self._trace_a.append(float(angle))
+                    self._trace_cmd.append((t_wall, float(frame.metadata.get("slm_angle_deg", math.nan))))
                     self._traced_record_idx.append(rec_idx)
                     if self._recorder is not None and rec_idx >= 0:
                         self._recorder.annotate(rec_idx, tracked_angle_deg=float(angle))
                 if getattr(self._pipeline, "n_resolves", 0) != self._resolves_seen:
                     self._adopt_resolved_angles()
+                self._step_rotation_loop(frame, angle)
                 self._update_snapshot()
                 if self._coverage >= target and self._commanded_coverage() >= COMMAND_MARGIN * target:
                     self._info(f"coverage {self._coverage:.0f} deg reached")
@@ -1133,14 +1210,131 @@ class RigController:
             return
         self._finish(cancelled)
 
+    # ================================================================== internals: closed loop
+    def _start_rotation_loop(self) -> None:
+        """Closed loop (``config.rotation.loop``): a :class:`~mcf_rotator.rotation_control.RotationLoop`
+        on this run's ellipse driver, stepped by the pipeline thread with every frame's tracked
+        angle. The trap model (strength and orientation error per ellipse step) comes from the
+        holograms this run shows (:func:`~mcf_rotator.rotation_control.beam_profiles`)."""
+        rot_cfg = self.config.rotation
+        self._loop = None
+        if rot_cfg.loop != "closed" or self._rotation is None or not hasattr(self._rotation, "command_rate"):
+            return
+        from mcf_rotator.rotation_control import LoopSettings, RotationController, RotationLoop
+
+        strength, orient = self._loop_profiles()
+        slm_hz = float(getattr(self.rig.slm, "refresh_rate_hz", 60.0) or 60.0)
+        max_rate = float(getattr(self._rotation, "max_rate_deg_s", math.inf))
+        settings = LoopSettings(
+            rate_deg_s=float(rot_cfg.rate_deg_s), direction=int(rot_cfg.direction), slm_refresh_hz=slm_hz,
+            max_rate_deg_s=max_rate if math.isfinite(max_rate) and max_rate > 0 else 1800.0,
+            strength_profile=strength, orientation_error_deg=orient,
+        )
+        ctl = RotationController(settings)
+        self._apply_loop_target(ctl)
+        self._loop = RotationLoop(ctl, self._rotation)
+        if self.lockstep:  # the world waits for the pipeline: the loop sees fresh frames
+            self.ring.capacity = min(self._ring_capacity, LOOP_QUEUE_FRAMES)
+
+    def _apply_loop_target(self, ctl: Any) -> None:
+        rot_cfg = self.config.rotation
+        if rot_cfg.step_per_frame_deg is not None:
+            ctl.set_target(step_per_frame_deg=float(rot_cfg.step_per_frame_deg),
+                           frame_rate_hz=float(self.config.camera.frame_rate_hz))
+        else:
+            ctl.set_target(float(rot_cfg.rate_deg_s))
+
+    def _loop_profiles(self) -> tuple[Any, Any]:
+        """(strength, orientation error) per ellipse step of this run's holograms, computed once
+        per sequencer; (None, None) (a uniform trap) where the far-field model cannot run."""
+        if self._beam_profiles is not None and self._beam_profiles[0] is self._sequencer:
+            return self._beam_profiles[1]
+        profiles: tuple[Any, Any] = (None, None)
+        try:
+            from mcf_rotator.rotation_control import beam_profiles
+
+            profiles = beam_profiles(self._sequencer, self._fibre_model()[0])
+        except Exception as exc:  # noqa: BLE001 - the loop runs without the model, and says so
+            self._info(f"closed loop without the hologram model ({_describe(exc)}): the trap is taken as uniform",
+                       "warning")
+        self._beam_profiles = (self._sequencer, profiles)
+        return profiles
+
+    def _step_rotation_loop(self, frame: Frame, angle: float | None) -> None:
+        """One closed-loop step on this frame's tracked angle (pipeline thread). The exposure and
+        the present are read on the driver's clock (the simulated world's, or the wall clock)."""
+        loop = self._loop
+        if loop is None or self._pause.is_set():
+            return
+        rot = self._rotation
+        clock = getattr(rot, "clock", None)
+        if clock is not None:
+            exposure, now = float(frame.timestamp), float(clock())
+        else:
+            now = time.monotonic()
+            exposure = float(frame.metadata.get("wall_s", now))
+        prev = self._loop_status
+        status = loop.step(exposure, None if angle is None else float(angle), now_s=now)
+        self._loop_status = status
+        if self._loop_correction:  # a re-solve revised the live angles from the next frame on
+            loop.controller.correct_angle(self._loop_correction)
+            self._loop_correction = 0.0
+        from mcf_rotator.rotation_control import LoopState
+
+        if status.state == LoopState.ANGLE_AHEAD:
+            # the live angle cannot be trusted to steer: open loop for the rest of the run
+            self._loop = None
+            self._loop_fallback = status.message
+            self.ring.capacity = self._ring_capacity
+            rot.set_rate(self.config.rotation.rate_deg_s, self.config.rotation.direction)
+            self._info(f"closed loop off: {status.message}", "warning")
+            return
+        if prev is None or status.state != prev.state:
+            if status.state in (LoopState.STALLED, LoopState.NOT_FOLLOWING, LoopState.SLIPPED,
+                                LoopState.TRACKER_LOST):
+                self._info(f"closed loop: {status.message}", "warning")
+            elif prev is not None and status.state == LoopState.FOLLOWING:
+                self._info(f"closed loop: {status.message}")
+
+    def loop_status(self) -> Any:
+        """The closed loop's newest :class:`~mcf_rotator.rotation_control.RotationStatus`, or
+        None (open loop, or no frame yet)."""
+        return self._loop_status if self._loop is not None else None
+
+    def command_trace(self) -> tuple[np.ndarray, np.ndarray]:
+        """(wall-clock time s, commanded ellipse angle deg) at the exposure of every frame that
+        got a live angle, zero at the first, like :meth:`angle_trace`: the plot shows the
+        command and the cell together and their difference is the lag (up to the lag at the
+        first frame)."""
+        pts = np.asarray(list(self._trace_cmd), float).reshape(-1, 2)
+        cmd = pts[:, 1]
+        known = np.flatnonzero(np.isfinite(cmd))  # (a frame read as the rotation started has none)
+        if known.size:
+            cmd = cmd - cmd[known[0]]
+        return pts[:, 0], cmd
+
     def _adopt_resolved_angles(self) -> None:
         """The pipeline re-solved its live angles: the angle trace and the coverage follow them
         (the coverage may drop: the causal estimate it replaces can run ahead of the cell)."""
         self._resolves_seen = getattr(self._pipeline, "n_resolves", 0)
         angles = [float(a) for a in getattr(self._pipeline, "angles", [])]
         if angles and len(angles) == len(self._trace_a):
+            if self._loop is not None:  # the closed loop takes the revision as a correction, not motion
+                self._loop_correction = angles[-1] - self._trace_a[-1]
             self._trace_a = angles  # a new list: readers of the old one see a consistent trace
             self._coverage = abs(angles[-1] - angles[0])
+
+    def _cell_coverage(self) -> float:
+        """Coverage of the live angles by :func:`~mcf_rotator.rotation_control.cell_coverage_deg`
+        (at most 360 deg; a longer target counts the span of the angles beyond it)."""
+        from mcf_rotator.rotation_control import cell_coverage_deg
+
+        trace = list(self._trace_a)
+        if len(trace) < 2:
+            return 0.0
+        cov = cell_coverage_deg(trace)
+        span = abs(trace[-1] - trace[0])
+        return span if cov >= 360.0 and span > 360.0 else cov
 
     def _commanded_coverage(self) -> float:
         """How far the ellipse has been turned this run (inf when the rig has no rotation driver).
@@ -1157,15 +1351,20 @@ class RigController:
     def _update_snapshot(self, force: bool = False) -> None:
         now = time.monotonic()
         if not force and now - self._last_volume_emit < VOLUME_EVENT_MIN_INTERVAL_S:
-            if self._trace_a:
+            if self._trace_a and self._loop is None:
                 self._coverage = max(self._coverage, abs(self._trace_a[-1] - self._trace_a[0]))
             return
         snap = self._pipeline.snapshot()
-        if self._trace_a:
+        if self._loop is not None:
+            # closed loop: the cell's coverage, views no more than 5 deg apart (a held ellipse,
+            # a slip or a burst does not count as seen), from the re-solved live angles
+            self._coverage = self._cell_coverage()
+        elif self._trace_a:
             self._coverage = max(self._coverage, abs(self._trace_a[-1] - self._trace_a[0]))
         if snap is None:
             return
-        self._coverage = max(self._coverage, float(getattr(snap, "coverage_deg", 0.0) or 0.0))
+        if self._loop is None:
+            self._coverage = max(self._coverage, float(getattr(snap, "coverage_deg", 0.0) or 0.0))
         prev = self._snapshot
         self._snapshot = snap
         if prev is None or getattr(prev, "version", None) != getattr(snap, "version", None):
@@ -1388,6 +1587,7 @@ class RigController:
             "finished": datetime.now().isoformat(timespec="seconds"),
             "calibration_id": self._calibration_id(),
             "rotation_rate_deg_s": self.config.rotation.rate_deg_s,
+            "rotation_loop": self._loop_report(recon),
             "target_coverage_deg": self.config.rotation.target_coverage_deg,
             "stats": self.stats(),
         }
@@ -1404,6 +1604,28 @@ class RigController:
             if isinstance(pipe, dict) and "quality" in pipe:
                 rep["quality"] = pipe["quality"]  # where `reconstruct` puts it, top level
         return rep
+
+    def _loop_report(self, recon: Any) -> dict[str, Any]:
+        """Open or closed loop, its last state, and how evenly the final angles sample the cell
+        (spread of the per-frame step, std / mean, and the largest gap between views)."""
+        from mcf_rotator.rotation_control import largest_view_gap_deg
+
+        rot = self.config.rotation
+        out: dict[str, Any] = {"mode": rot.loop, "set_rate_deg_s": rot.rate_deg_s,
+                               "step_per_frame_deg": rot.step_per_frame_deg}
+        st = self._loop_status
+        if rot.loop == "closed" and st is not None:
+            out.update(last_state=st.state.value, last_message=st.message)
+        if rot.loop == "closed" and self._loop_fallback:
+            out["fell_back_to_open_loop"] = self._loop_fallback
+        angles = np.asarray(getattr(recon, "angles_deg", []) if recon is not None else [], float)
+        angles = angles[np.isfinite(angles)]
+        if angles.size > 2:
+            steps = np.abs(np.diff(angles))
+            mean = float(steps.mean())
+            out.update(step_spread=float(steps.std() / mean) if mean > 0 else None,
+                       mean_step_deg=mean, largest_view_gap_deg=largest_view_gap_deg(angles))
+        return out
 
     def _close_recording(self) -> RecordingSummary | None:
         """Close this run's recording once (later calls, from any thread, get the same summary)."""

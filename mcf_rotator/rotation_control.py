@@ -85,6 +85,7 @@ class LoopState(enum.Enum):
     NOT_FOLLOWING = "not following"  # slowing down did not help: ellipse held
     SLIPPED = "slipped"  # the cell turned back or fell half a turn behind: slowed down
     TRACKER_LOST = "tracker lost"  # no cell angle for a while: ellipse held
+    ANGLE_AHEAD = "angle ahead"  # the tracked angle ran ahead of the ellipse: set rate, no loop
 
 
 class LoopEvent(enum.Enum):
@@ -98,6 +99,7 @@ class LoopEvent(enum.Enum):
     RECOVERED = "recovered"
     TRACKER_LOST = "tracker lost"
     TRACKER_FOUND = "tracker found"
+    ANGLE_AHEAD = "angle ahead"
 
 
 def slm_rate_limit_deg_s(max_step_per_frame_deg: float, refresh_hz: float) -> float:
@@ -193,6 +195,9 @@ class LoopSettings:
     slip_back_deg: float = 5.0
     recover_frames: int = 30
     lost_frames: int = 10
+    #: the tracked cell this far ahead of the ellipse (deg) means the tracker over-counts: a
+    #: trapped cell always trails the ellipse (the torque pulls it back within a few degrees)
+    ahead_limit_deg: float = 30.0
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.rate_deg_s) and self.rate_deg_s >= 0):
@@ -205,7 +210,8 @@ class LoopSettings:
             raise ValueError(f"max_lag_deg must be between 0 and 90 deg (a slip), got {self.max_lag_deg}")
         for name in ("gain_per_s", "max_error_deg", "max_rate_deg_s", "max_accel_deg_s2",
                      "slm_refresh_hz", "max_step_per_slm_frame_deg", "torque_guess_deg_s", "torque_memory_s",
-                     "servo_frames", "gentle_servo_per_s", "model_warmup_s", "rate_window_s", "control_window_s", "slip_back_deg"):
+                     "servo_frames", "gentle_servo_per_s", "model_warmup_s", "rate_window_s", "control_window_s", "slip_back_deg",
+                     "ahead_limit_deg"):
             v = getattr(self, name)
             if not (math.isfinite(v) and v > 0):
                 raise ValueError(f"{name} must be > 0, got {v}")
@@ -251,6 +257,8 @@ _MESSAGES = {
     LoopState.NOT_FOLLOWING: "cell not following: ellipse held (check the trap power and the calibration)",
     LoopState.SLIPPED: "the cell slipped: slowing down",
     LoopState.TRACKER_LOST: "the tracker lost the cell: ellipse held",
+    LoopState.ANGLE_AHEAD: ("the tracked angle ran ahead of the ellipse, which a trapped cell cannot do: the live "
+                            "angle is not trustworthy, the ellipse turns at the set rate (open loop)"),
 }
 
 
@@ -333,6 +341,19 @@ class RotationController:
         if self._offset is not None and self._hist:
             self._ref = self._hist[-1][1]  # re-anchor: no catch-up to an old reference
 
+    def correct_angle(self, delta_deg: float) -> None:
+        """The tracker revised its angle of the newest frame by ``delta_deg`` (a re-solve of the
+        live angles): from the next frame on its angles carry that correction. The cell did not
+        move: the rate history, the furthest angle and the reference are moved with it, so the
+        correction is neither a burst nor a slip; the lag takes the corrected value."""
+        d = self.settings.direction * float(delta_deg)
+        if not math.isfinite(d) or d == 0.0 or self._offset is None:
+            return
+        self._hist = deque((t, a + d) for t, a in self._hist)
+        self._furthest += d
+        self._ref += d
+        self._prev = None
+
     @property
     def state(self) -> LoopState:
         return self._state
@@ -342,15 +363,22 @@ class RotationController:
         return self._rate
 
     # ------------------------------------------------------------------ per frame
-    def update(self, time_s: float, cell_angle_deg: float | None, ellipse_angle_deg: float) -> RotationStatus:
-        """One camera frame: returns the ellipse rate to command (and the loop's status)."""
+    def update(self, time_s: float, cell_angle_deg: float | None, ellipse_angle_deg: float,
+               now_s: float | None = None) -> RotationStatus:
+        """One camera frame: returns the ellipse rate to command (and the loop's status).
+
+        ``time_s``: the frame's exposure; ``now_s``: the time of this call on the same clock
+        (default ``time_s + settings.latency_s``). A pipeline behind a queue is late by a varying
+        amount: with ``now_s`` the ellipse angle at the exposure and the cell's prediction to now
+        use the actual delay."""
         s = self.settings
         f = s.direction
         events: list[LoopEvent] = []
         dt = 0.0 if self._t_last is None else max(float(time_s) - self._t_last, 0.0)
         self._t_last = float(time_s)
+        latency = s.latency_s if now_s is None or not math.isfinite(now_s) else max(float(now_s) - float(time_s), 0.0)
         phi = f * float(ellipse_angle_deg)
-        self._phis.append((float(time_s) + s.latency_s, phi))
+        self._phis.append((float(time_s) + latency, phi))
         valid = cell_angle_deg is not None and math.isfinite(float(cell_angle_deg))
 
         if not valid:
@@ -365,6 +393,9 @@ class RotationController:
             return self._status(time_s, None, self._last_lag, events)
 
         th = f * float(cell_angle_deg)
+        if self._state == LoopState.ANGLE_AHEAD:  # sticky until reset(): the set rate, no loop
+            self._apply(s.rate_deg_s, dt)
+            return self._status(time_s, self._last_cell_rate, self._last_lag, events)
         if self._offset is None:  # first angle: the cell rests aligned with the ellipse
             self._offset = phi - s.initial_lag_deg - th
             self._t_first = float(time_s)
@@ -380,6 +411,13 @@ class RotationController:
         # lag at the frame's exposure, re-based by half turns: past 90 deg the cell sits on the
         # ellipse's other end
         lag = self._phi_at(float(time_s), phi) - (th + self._offset)
+        if lag < -s.ahead_limit_deg:
+            # not a half-turn slip (that leaves the cell *behind*): the measurement is wrong
+            self._state = LoopState.ANGLE_AHEAD
+            self._last_lag = lag
+            events.append(LoopEvent.ANGLE_AHEAD)
+            self._apply(s.rate_deg_s, dt)
+            return self._status(time_s, self._last_cell_rate, lag, events)
         if abs(lag) > 90.0:
             half_turns = round(lag / 180.0)
             self._offset += 180.0 * half_turns
@@ -421,7 +459,7 @@ class RotationController:
             # forward over the pipeline delay
             ahead = fast_rate if fast_rate is not None else target
             base = self._fit_end(s.control_window_s) if s.smooth_angle else None
-            cell_now = (th if base is None else base) + self._offset + s.latency_s * max(ahead, 0.0)
+            cell_now = (th if base is None else base) + self._offset + latency * max(ahead, 0.0)
             if self.uses_hologram_model:
                 # deadbeat: the ellipse goes to the angle the model asks for within servo_frames
                 # (a feed-forward of the target rate on top measured worse: a frame of lag more)
@@ -436,6 +474,11 @@ class RotationController:
                 pull = s.gentle_servo_per_s * (cell_now + want_lag - phi)
                 pull = min(max(pull, -0.5 * s.rate_deg_s), 0.5 * s.rate_deg_s)
                 want = max(cell_target, 0.0) + pull
+            # the lag's hard bound, in both laws: the ellipse never runs more than max_lag ahead
+            # of the cell (the torque falls past 45 deg and reverses at 90: an ellipse that keeps
+            # turning over a weak stretch laps the cell); past it the ellipse waits for the cell
+            frame_dt = dt if dt > 0 else 1.0 / s.slm_refresh_hz
+            want = min(want, max(ahead, 0.0) + (cell_now + s.max_lag_deg - phi) / frame_dt)
             if self._recover_left > 0:
                 self._recover_left -= 1
                 if self._recover_left == 0 and self._state == LoopState.SLIPPED:
@@ -677,8 +720,8 @@ class RotationLoop:
     history_size: int = 100_000
     history: deque[RotationStatus] = field(default_factory=deque)
 
-    def step(self, time_s: float, cell_angle_deg: float | None) -> RotationStatus:
-        status = self.controller.update(time_s, cell_angle_deg, self.driver.angle_deg)
+    def step(self, time_s: float, cell_angle_deg: float | None, now_s: float | None = None) -> RotationStatus:
+        status = self.controller.update(time_s, cell_angle_deg, self.driver.angle_deg, now_s=now_s)
         self.driver.command_rate(status.commanded_rate_deg_s, status.direction)
         self.history.append(status)
         while len(self.history) > self.history_size:

@@ -186,3 +186,31 @@ def test_runs_go_to_the_configured_output_folder_and_files_are_named(make_window
     # IDLE again: no stale rate, queue or "cell trapped" from the run
     qtbot.waitUntil(lambda: win.status_fps.text() == "camera off", timeout=2000)
     assert not win.status_trapped.isVisibleTo(win) and win.status_queue.text() == ""
+
+
+def test_closed_loop_switch_and_the_plot_of_command_cell_and_lag(make_window, qtbot, tmp_path):
+    """The loop switch reaches the controller (and the next run), the cell's step per frame is
+    offered only in closed loop, and the plot shows the commanded angle and the lag beside the
+    cell's angle, with the loop's state in words."""
+    pipe = FakePipeline(deg_per_frame=0.05)
+    ctl = _controller(tmp_path, pipe)
+    win = make_window(ctl)
+    assert not win.step_spin.isEnabled()
+    win.loop_combo.setCurrentIndex(1)  # closed loop
+    qtbot.waitUntil(lambda: ctl.config.rotation.loop == "closed", timeout=2000)
+    assert win.step_spin.isEnabled() and win.settings.rotation_loop == "closed"
+    win.step_spin.setValue(0.4)
+    win.step_spin.editingFinished.emit()
+    qtbot.waitUntil(lambda: ctl.config.rotation.step_per_frame_deg == 0.4, timeout=2000)
+    win.run_all()
+    qtbot.waitUntil(lambda: _state(win) == "RECONSTRUCTING" and ctl.loop_status() is not None, timeout=10000)
+    qtbot.waitUntil(lambda: win.angle_plot.command_curve.getData()[0] is not None
+                    and len(win.angle_plot.command_curve.getData()[0]) > 5, timeout=10000)
+    assert win.angle_plot.loop_label.text().startswith("closed loop")
+    _x, lag = win.angle_plot.lag_curve.getData()
+    assert lag is not None and np.isfinite(lag).sum() > 5
+    win.buttons["stop"].click()
+    qtbot.waitUntil(lambda: _state(win) == "IDLE", timeout=30000)
+    win.loop_combo.setCurrentIndex(0)
+    qtbot.waitUntil(lambda: ctl.config.rotation.loop == "open", timeout=2000)
+    assert not win.step_spin.isEnabled()

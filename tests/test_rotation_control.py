@@ -251,3 +251,55 @@ def test_hologram_model_steers_only_when_the_needed_lag_swings_widely() -> None:
         assert not ctl.uses_hologram_model  # still warming up: the torque scale is a guess
         run(ctl, plant, 60, t0=12 * DT)
         assert ctl.uses_hologram_model is expect, ctl.lag_swing_deg()
+
+
+def test_call_time_gives_the_actual_pipeline_delay() -> None:
+    """``now_s`` (a queue's varying delay) does what a fixed ``latency_s`` of the same size does,
+    and a different delay commands differently."""
+    def commands(settings: LoopSettings, delay: float | None) -> list[float]:
+        ctl, plant, out = RotationController(settings), TrapPlant(200.0), []
+        for i in range(120):
+            t = i * DT
+            st = ctl.update(t, plant.theta, plant.phi, now_s=None if delay is None else t + delay)
+            out.append(st.commanded_rate_deg_s)
+            plant.step(st.commanded_rate_deg_s)
+        return out
+
+    fixed = commands(LoopSettings(rate_deg_s=30.0, latency_s=0.05), None)
+    given = commands(LoopSettings(rate_deg_s=30.0), 0.05)
+    assert given == pytest.approx(fixed, abs=1e-9)
+    none = commands(LoopSettings(rate_deg_s=30.0, latency_s=0.05), 0.0)  # now_s wins over latency_s
+    assert max(abs(a - b) for a, b in zip(none, fixed)) > 1e-3
+
+
+def test_a_tracker_that_over_counts_hands_back_to_the_set_rate() -> None:
+    """A trapped cell trails the ellipse: a tracked angle far ahead of it is a wrong measurement
+    (the simulated rig's live tracker read 2x the turn when the cell turned slower than nominal)."""
+    plant = TrapPlant(300.0)
+    ctl = RotationController(LoopSettings(rate_deg_s=30.0))
+    statuses = run(ctl, plant, 400, measure=lambda i, p: 2.0 * p.theta)
+    ahead = [i for i, st in enumerate(statuses) if st.state == LoopState.ANGLE_AHEAD]
+    assert ahead, "the over-counting tracker was not noticed"
+    first = ahead[0]
+    assert LoopEvent.ANGLE_AHEAD in statuses[first].events
+    assert all(st.state == LoopState.ANGLE_AHEAD for st in statuses[first:])  # sticky
+    assert statuses[-1].commanded_rate_deg_s == pytest.approx(30.0)
+    assert not any(LoopEvent.SLIP_HALF_TURN in st.events for st in statuses)  # not taken for a slip
+
+
+def test_a_revised_angle_is_a_correction_not_a_burst_or_a_slip() -> None:
+    def jump_run(correct: bool) -> list:
+        plant, ctl, out = TrapPlant(300.0), RotationController(LoopSettings(rate_deg_s=30.0)), []
+        for i in range(200):
+            bias = -8.0 if i >= 100 else 0.0  # a re-solve revised the angles by -8 deg at frame 100
+            st = ctl.update(i * DT, plant.theta + bias, plant.phi)
+            if correct and i == 99:
+                ctl.correct_angle(-8.0)
+            out.append(st)
+            plant.step(st.commanded_rate_deg_s)
+        return out
+
+    plain, corrected = jump_run(False), jump_run(True)
+    assert any(LoopEvent.SLIP_BACKWARDS in st.events for st in plain[100:])
+    assert not any(LoopEvent.SLIP_BACKWARDS in st.events for st in corrected[100:])
+    assert all(st.state == LoopState.FOLLOWING for st in corrected[100:])

@@ -42,6 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--config", dest="demo_config", type=Path, default=None, help="rig configuration (YAML/JSON)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier run in the folder")
+    p.add_argument("--closed-loop", action="store_true",
+                   help="steer the ellipse by the cell's tracked rotation (headless; the GUI has a switch)")
     p.set_defaults(func=run)
 
 
@@ -55,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         return int(run_app(config_path=config_path, simulate=True) or 0)
     summary = run_headless(
         args.output, frames=args.frames, seed=args.seed, config_path=config_path, progress=not args.no_progress,
-        overwrite=args.overwrite,
+        overwrite=args.overwrite, loop="closed" if getattr(args, "closed_loop", False) else None,
     )
     print(strict_json.dumps(summary, indent=2))
     return 0
@@ -68,10 +70,12 @@ def run_headless(
     config_path: str | Path | None = None,
     progress: bool = True,
     overwrite: bool = False,
+    loop: str | None = None,
 ) -> dict[str, Any]:
     """Run the simulated demo into ``output``; returns the headline numbers (also in report.json).
 
     Refuses (naming the file) to replace an earlier run's outputs unless ``overwrite``.
+    ``loop``: "open" or "closed" rotation loop (default: the config's).
     """
     from mcf_rotator.config import RigConfig, load_config
     from mcf_rotator.controller import RigController
@@ -81,6 +85,8 @@ def run_headless(
         raise McfRotatorError(f"--frames must be at least 30 (got {frames})")
     cfg = (load_config(config_path) if config_path else RigConfig()).simulated()
     cfg.simulation.seed = int(seed)
+    if loop is not None:
+        cfg.rotation.loop = loop
     # keep the rotation rate the trap can follow and spread the frames over the target
     # coverage (+25 % margin: the run also waits for the ellipse to pass the target) by choosing
     # the camera frame rate
@@ -194,6 +200,12 @@ def _evaluate(result: Any, world: Any) -> dict[str, Any]:
             angle_max_error_deg=round(float(err.max()), 3),
             true_coverage_deg=round(float(np.ptp(t)), 1),
         )
+        if len(t) > 2:  # how evenly the cell was sampled (what a closed loop is for)
+            from mcf_rotator.rotation_control import largest_view_gap_deg
+
+            steps = np.abs(np.diff(t))
+            out.update(true_step_spread=round(float(steps.std() / max(steps.mean(), 1e-9)), 3),
+                       true_largest_view_gap_deg=round(largest_view_gap_deg(t), 2))
     return out
 
 
