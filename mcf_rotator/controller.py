@@ -312,6 +312,7 @@ class RigController:
         self._loop_status: Any = None
         self._loop_fallback: str | None = None  # why a closed loop fell back to open loop
         self._loop_correction = 0.0  # revision of the live angle by a re-solve, for the loop
+        self._loop_fallback_frame: int | None = None
         self._beam_profiles: tuple[Any, Any] | None = None
         self._recorder: Recorder | None = None
         self._pipeline: Any = None
@@ -1285,6 +1286,7 @@ class RigController:
             # the live angle cannot be trusted to steer: open loop for the rest of the run
             self._loop = None
             self._loop_fallback = status.message
+            self._loop_fallback_frame = len(self._processed_record_idx)
             self.ring.capacity = self._ring_capacity
             rot.set_rate(self.config.rotation.rate_deg_s, self.config.rotation.direction)
             self._info(f"closed loop off: {status.message}", "warning")
@@ -1618,6 +1620,7 @@ class RigController:
             out.update(last_state=st.state.value, last_message=st.message)
         if rot.loop == "closed" and self._loop_fallback:
             out["fell_back_to_open_loop"] = self._loop_fallback
+            out["fell_back_at_processed_frame"] = self._loop_fallback_frame
         angles = np.asarray(getattr(recon, "angles_deg", []) if recon is not None else [], float)
         angles = angles[np.isfinite(angles)]
         if angles.size > 2:

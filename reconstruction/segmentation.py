@@ -43,8 +43,31 @@ class ClassicalSegmenter:
                 mask = absorption_mask(absorption, None, self.min_contrast)
         else:
             mask = absorption_mask(absorption, self.threshold, self.min_contrast)
-        blob = largest_blob(mask, self.close_px, min_area=max(20, g.size // 400))
+        min_area = max(20, g.size // 400)
+        blob = largest_blob(mask, self.close_px, min_area=min_area)
+        if blob is None and self.threshold is None:
+            blob = _quiet_side_blob(absorption, self.close_px, min_area)
         return blob if blob is not None else np.zeros(g.shape, bool)
+
+
+def _quiet_side_blob(absorption: np.ndarray, close_px: int, min_area: int, k_sigma: float = 5.0,
+                     width: int = 6) -> np.ndarray | None:
+    """Second try for a crop whose border is not background: what absorbs clearly more than the
+    quietest side of the border (its own level and noise), largest blob.
+
+    Why: a large cell in a capillary leaves the walls' dark shoulders in two sides of its crop;
+    they raise the border's noise estimate (and shift its level) so far that the first try keeps
+    only scraps of the cell (measured: 189 of 241 frames of a 245 px cell lost). Only the
+    absorbing side counts here: the bright vignetted background would pass an |absorption| test
+    against so quiet a level."""
+    a = cv2.GaussianBlur(np.asarray(absorption, np.float32), (0, 0), 2.0)
+    w = max(1, min(width, min(a.shape) // 8))
+    sides = (a[:w], a[-w:], a[:, :w], a[:, -w:])
+    sig = [1.4826 * float(np.median(np.abs(v - np.median(v)))) for v in sides]
+    k = int(np.argmin(sig))
+    level = float(np.median(sides[k]))
+    mask = ((a - level) > max(k_sigma * sig[k], 0.015)).astype(np.uint8)
+    return largest_blob(mask, close_px, min_area=min_area)
 
 
 def border_level(gray: np.ndarray, width: int = 4) -> float:

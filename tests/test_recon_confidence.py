@@ -39,3 +39,14 @@ def test_a_short_sweep_never_upgrades_and_bad_evidence_still_wins():
     assert poor_match["level"] == "unreliable"
     # without the angles the rule does not apply (callers that only have the report)
     assert angle_confidence(_report())["level"] == "good"
+
+
+@pytest.mark.parametrize("mirror, moved, level", [(0.8, 3.0, "good"), (0.8, 12.0, "uncertain"),
+                                                  (2.0, 12.0, "unreliable"), (2.0, 9.0, "uncertain"),
+                                                  (5.0, 12.0, "unreliable")])
+def test_a_large_move_of_the_per_frame_search_lowers_the_confidence_one_step(mirror, moved, level):
+    rep = _report(mirror=mirror)
+    rep["per_frame"]["moved_deg"] = moved
+    conf = angle_confidence(rep, angles_deg=np.linspace(0, 370, 150))
+    assert conf["level"] == level and conf["per_frame_moved_deg"] == moved
+    assert ("pin them poorly" in " ".join(conf["reasons"])) == (moved > 10.0)

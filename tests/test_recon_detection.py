@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -47,3 +49,20 @@ def test_segmenter_outlines_the_whole_cell(scenes) -> None:
     true_r = 0.5 * max(x1 - x0, y1 - y0)
     assert abs(r - true_r) < 0.12 * true_r  # the whole cell, not its nucleus
     assert abs(cx - (pad + (x1 - x0) / 2)) < 6 and abs(cy - (pad + (y1 - y0) / 2)) < 6
+
+
+def test_segmenter_finds_a_large_cell_whose_crop_border_holds_capillary_walls() -> None:
+    """A 245 px cell in a 310 px wide capillary: the walls' shoulders fill two sides of the
+    312 px crop's border (frame 3 of the accuracy suite's cellsino-02 sweep, rounded to 16 bit).
+    Measuring the noise on the whole border lost the cell in 189 of that sweep's 241 frames."""
+    import cv2
+
+    crop = cv2.imread(str(Path(__file__).parent / "data" / "large_cell_in_capillary_crop.png"),
+                      cv2.IMREAD_UNCHANGED).astype(np.float32)
+    assert crop.shape == (312, 312)
+    mask = ClassicalSegmenter().segment(crop)
+    contour = outer_contour(mask)
+    assert contour is not None
+    cx, cy, r = enclosing_circle(contour)
+    assert abs(r - 122.5) < 0.12 * 122.5  # the whole cell, not the crop or a granule
+    assert abs(cx - 155.5) < 6 and abs(cy - 155.5) < 6
