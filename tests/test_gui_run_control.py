@@ -204,11 +204,14 @@ def test_closed_loop_switch_and_the_plot_of_command_cell_and_lag(make_window, qt
     qtbot.waitUntil(lambda: ctl.config.rotation.step_per_frame_deg == 0.4, timeout=2000)
     win.run_all()
     qtbot.waitUntil(lambda: _state(win) == "RECONSTRUCTING" and ctl.loop_status() is not None, timeout=10000)
-    qtbot.waitUntil(lambda: win.angle_plot.command_curve.getData()[0] is not None
-                    and len(win.angle_plot.command_curve.getData()[0]) > 5, timeout=10000)
+    def lag_points() -> int:
+        _x, lag = win.angle_plot.lag_curve.getData()
+        return 0 if lag is None else int(np.isfinite(lag).sum())
+
+    qtbot.waitUntil(lambda: lag_points() > 5, timeout=10000)  # the plot refreshes at 5 Hz
+    _t, cmd = win.angle_plot.command_curve.getData()
+    assert cmd is not None and np.isfinite(cmd).sum() > 5
     assert win.angle_plot.loop_label.text().startswith("closed loop")
-    _x, lag = win.angle_plot.lag_curve.getData()
-    assert lag is not None and np.isfinite(lag).sum() > 5
     win.buttons["stop"].click()
     qtbot.waitUntil(lambda: _state(win) == "IDLE", timeout=30000)
     win.loop_combo.setCurrentIndex(0)
