@@ -158,7 +158,7 @@ def estimate_angles(
     min_match: float = 0.85,
     clear_gain: float = 0.02,
     shift_px: float = 2.0,
-    band_weights: tuple[float, ...] = (1.0, 3.0, 10.0, 30.0, 100.0),
+    band_weights: tuple[float, ...] = (1.0, 3.0, 10.0, 100.0),
     member_tolerance: float = 1.1,
     progress: Callable[[str], None] | None = None,
 ) -> tuple[np.ndarray, Refinement | None, dict[str, Any]]:
@@ -177,7 +177,8 @@ def estimate_angles(
     single weight is best, and each fit ends in its own 180 deg-periodic warp, the mode the data
     hardly constrain. A member whose mirror residual exceeds ``member_tolerance`` times the best
     member's is left out of the average (it went wrong: on stick-slip sweeps the centroid-heavy
-    fits smear the stalls). 5. (``per_frame``) every frame's own
+    fits smear the stalls). Four weights: on two threads five members ran as three rounds, four
+    run as two, and the accuracy suite lost nothing (docs/angles.md). 5. (``per_frame``) every frame's own
     angle, with no smoothness prior (a trapped cell turns in bursts and pauses): the moment
     fit of all rows (:func:`moment_angles`), then projection matching against the volume
     (:func:`match_projections`), from the first and the last round's angles; kept only where
@@ -342,7 +343,7 @@ def angle_confidence(report: dict[str, Any], good_mirror_deg: float = 1.5, bad_m
     (median, offset-free; ``per_frame.moved_deg``) from the track fit, the level drops one step:
     the images then pin the angles poorly whichever set is kept (on the accuracy suite the move
     stayed under 8 deg on 20 of the 21 sweeps within 2.7 deg of the truth, and was over 10 deg
-    on 13 of the 17 sweeps 5-417 deg off). Returns the level (``good`` /
+    on 12 of the 16 sweeps 5-417 deg off). Returns the level (``good`` /
     ``uncertain`` / ``unreliable``), the figures and the reasons in words.
     """
     pf = report.get("per_frame") or {}
